@@ -1,0 +1,291 @@
+"""The ``detector`` command: builds Settings once, dispatches, and maps errors to one line and an exit code.
+
+Exit codes: 0 success; 1 an unexpected failure; 2 bad arguments, settings, files or checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from detector.errors import ConfigError, DataError, DetectorError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+config_option = click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML settings file; DETECTOR_* environment variables override it.",
+)
+
+
+def _settings(config: Path | None, **overrides: Any):
+    from detector.settings import load_settings
+
+    return load_settings(config, **overrides)
+
+
+def _say(text: str) -> None:
+    click.echo(text)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="detector", prog_name="detector")
+def cli() -> None:
+    """Streaming event detection on Kafka telemetry: train, calibrate and evaluate LSTM detectors, and
+    score recordings with them.
+
+    Start with `detector generate` for a labelled recording, then `train`, `calibrate`, `evaluate` and
+    `replay --offline`. Every command answers --help.
+    """
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Recording to write (.jsonl).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Generator seed; different seeds share no series.")
+@click.option("--series", type=click.IntRange(1), default=12, show_default=True, help="Number of series.")
+@click.option("--windows", type=click.IntRange(1), default=60, show_default=True, help="Windows per series.")
+@click.option("--features", type=click.IntRange(1), default=4, show_default=True, help="Features per step (F).")
+@click.option("--length", type=click.IntRange(8), default=64, show_default=True, help="Steps per window (T).")
+@click.option(
+    "--event-rate",
+    type=click.FloatRange(0, 1),
+    default=0.15,
+    show_default=True,
+    help="Target share of windows holding an event.",
+)
+@click.option("--no-labels", is_flag=True, help="Leave labels out (an unlabelled recording, for --inject).")
+@click.option(
+    "--from-csv",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Cut a CSV series (timestamp ms, value columns, optional 'label') into windows instead.",
+)
+@click.option("--series-id", default="csv", show_default=True, help="series_id for --from-csv.")
+def generate(
+    out: Path,
+    seed: int,
+    series: int,
+    windows: int,
+    features: int,
+    length: int,
+    event_rate: float,
+    no_labels: bool,
+    from_csv: Path | None,
+    series_id: str,
+) -> None:
+    """Write a recording: generated telemetry with labelled events, or a CSV series cut into windows."""
+    from detector import recordings, synth
+
+    if from_csv is not None:
+        lines = list(recordings.from_csv(from_csv, series_id, length))
+    else:
+        params = synth.SynthParams(
+            series=series, windows_per_series=windows, features=features, length=length, event_rate=event_rate
+        )
+        lines = list(synth.generate(seed, params, labels=not no_labels))
+    n = _write_recording(out, lines)
+    _say(f"wrote {n} windows to {out}")
+
+
+def _write_recording(out: Path, lines: list[dict]) -> int:
+    from detector import recordings
+
+    try:
+        return recordings.write(out, lines)
+    except OSError as err:
+        raise DataError(f"{out}: cannot write ({err.strerror})") from None
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Recording to learn from (.jsonl).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint to write.")
+@click.option("--inject", is_flag=True, help="Ignore labels: learn from synthetic events injected into the data.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Most epochs (default from settings: 40).")
+@click.option("--seed", type=int, default=None, help="Random seed (default from settings: 0).")
+@config_option
+def train(data: Path, out: Path, inject: bool, epochs: int | None, seed: int | None, config: Path | None) -> None:
+    """Fit a model on a recording (labelled, or with --inject) and write an uncalibrated checkpoint."""
+    from detector import recordings
+    from detector.model import checkpoint
+    from detector.model.train import train as fit
+
+    overrides = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
+    settings = _settings(config, train=overrides) if overrides else _settings(config)
+    windows = recordings.load(data)
+    _say(
+        f"training on {len(windows)} windows of shape {windows.shape} from {data}"
+        f"{' with injected events' if inject else ''}"
+    )
+    result = fit(windows, settings.train, inject=inject, progress=sys.stdout.isatty())
+    version = checkpoint.save(result.checkpoint, out)
+    s = result.summary
+    v = s["validation"]
+    _say(
+        f"validation ({s['validation_windows']} windows, {s['validation_positives']} with events, threshold 0.5): "
+        f"precision {v['precision']:.3f}  recall {v['recall']:.3f}  F1 {v['f1']:.3f}  AUPRC {v['auprc']:.3f}"
+    )
+    _say(
+        f"{s['epochs']} epochs (best {s['best_epoch']}) in {s['seconds']:.0f} s; "
+        f"wrote {out} (model_version {version}); calibrate it next"
+    )
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--checkpoint",
+    "ckpt_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Checkpoint to calibrate.",
+)
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Held-out labelled recording.")
+@click.option(
+    "--method",
+    type=click.Choice(["platt", "isotonic", "temperature"]),
+    required=True,
+    help="Calibrator to fit.",
+)
+@click.option(
+    "--threshold",
+    "rule",
+    default="max-f1",
+    show_default=True,
+    help="Threshold rule: a number (0.5), max-f1, precision:P or far:R (false-alarm rate).",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Calibrated checkpoint to write.")
+def calibrate(ckpt_path: Path, data: Path, method: str, rule: str, out: Path) -> None:
+    """Fit a calibrator and a threshold rule on held-out labelled data into a new checkpoint."""
+    from detector import evaluation, recordings
+    from detector.model import checkpoint
+    from detector.model.thresholds import parse_rule
+
+    try:
+        parse_rule(rule)
+    except ValueError as err:
+        raise ConfigError(f"--threshold: {err}") from None
+    ckpt = checkpoint.load(ckpt_path)
+    windows = recordings.load(data, shape=(ckpt.window_length, ckpt.n_features), need_labels=True)
+    try:
+        calibrated = evaluation.calibrate(ckpt, windows, method, rule)
+    except ValueError as err:
+        raise DataError(f"{data}: {err}") from None
+    version = checkpoint.save(calibrated, out)
+    _say(f"{method} calibration on {len(windows)} windows; threshold {rule} = {calibrated.window.threshold:.4f}")
+    _say(f"wrote {out} (model_version {version})")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--checkpoint", "ckpt_path", type=click.Path(path_type=Path), required=True, help="Checkpoint to judge.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled recording.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for metrics.json and plots.")
+def evaluate(ckpt_path: Path, data: Path, out: Path) -> None:
+    """Write metrics.json (precision, recall, F1, AUPRC, ECE, Brier) and PNG plots into a folder."""
+    from detector import evaluation, recordings
+    from detector.model import checkpoint
+
+    ckpt = checkpoint.load(ckpt_path)
+    windows = recordings.load(data, shape=(ckpt.window_length, ckpt.n_features), need_labels=True)
+    try:
+        metrics = evaluation.evaluate(ckpt, windows, out)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    except OSError as err:
+        raise DataError(f"{out}: cannot write ({err.strerror})") from None
+    for level in ("window", "step"):
+        if level in metrics:
+            m = metrics[level]
+            _say(
+                f"{level:6s} precision {m['precision']:.3f}  recall {m['recall']:.3f}  F1 {m['f1']:.3f}  "
+                f"AUPRC {m['auprc']:.3f}  ECE {m['ece']:.3f}  Brier {m['brier']:.3f}"
+            )
+    _say(f"wrote {out / 'metrics.json'} and plots: {', '.join(metrics['plots'].values())}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("recording", type=click.Path(path_type=Path))
+@click.option("--offline", is_flag=True, help="Score the file without Kafka into --out (JSONL).")
+@click.option(
+    "--checkpoint",
+    "ckpt_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Checkpoint to score with (--offline; default: model.checkpoint from settings).",
+)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Scores file to write (--offline).")
+@click.option(
+    "--dlq",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where lines that are not valid windows go (default: OUT.dlq.jsonl).",
+)
+@config_option
+def replay(
+    recording: Path,
+    offline: bool,
+    ckpt_path: Path | None,
+    out: Path | None,
+    dlq: Path | None,
+    config: Path | None,
+) -> None:
+    """Score a recording with --offline: one output record per window, deterministic, streaming."""
+    from tqdm import tqdm
+
+    from detector.model import checkpoint
+    from detector.offline import score_file
+    from detector.scoring import Scorer
+
+    if not offline:
+        raise ConfigError("replay: publishing to a topic is not in this version; use --offline --checkpoint M --out F")
+    if out is None:
+        raise ConfigError("replay --offline needs --out SCORES.jsonl")
+    settings = _settings(config)
+    ckpt_path = ckpt_path or settings.model.checkpoint
+    if ckpt_path is None:
+        raise ConfigError("replay --offline needs --checkpoint (or model.checkpoint in the settings)")
+    if not recording.is_file():
+        raise DataError(f"{recording}: no such file")
+    scorer = Scorer(checkpoint.load(ckpt_path), device=settings.model.device, precision=settings.model.precision)
+    dlq = dlq or out.with_name(out.name + ".dlq.jsonl")
+    with tqdm(total=None, unit="win", desc="scoring", disable=not sys.stdout.isatty(), leave=False) as bar:
+        result = score_file(scorer, recording, out, dlq, on_progress=bar.update)
+    rate = result.scored / result.seconds if result.seconds else 0.0
+    _say(
+        f"scored {result.scored} windows ({result.flagged} flagged) in {result.seconds:.1f} s "
+        f"({rate:,.0f} windows/s) -> {out}"
+    )
+    if result.dead_letters:
+        _say(f"{result.dead_letters} lines were not valid windows -> {dlq}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line on stderr and a non-zero exit for every expected failure."""
+    try:
+        cli.main(args=argv, prog_name="detector", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.Abort:
+        click.echo("detector: interrupted", err=True)
+        return 130
+    except click.UsageError as err:
+        where = f"detector {err.ctx.info_name}" if err.ctx and err.ctx.info_name != "detector" else "detector"
+        click.echo(f"{where}: {err.format_message()} (see --help)", err=True)
+        return 2
+    except click.ClickException as err:
+        click.echo(f"detector: {err.format_message()}", err=True)
+        return err.exit_code
+    except DetectorError as err:
+        click.echo(f"detector: {' '.join(str(err).split())}", err=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        click.echo("detector: interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

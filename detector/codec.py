@@ -1,0 +1,196 @@
+"""Input windows from bytes, with validation in one pass; output records to bytes.
+
+Two input codecs (DESIGN.md): JSON (the default) and the compact binary ``application/x-detector-f32``
+(little-endian float32 row-major values; the other fields in headers). Every failure is a
+:class:`~detector.errors.WindowError` carrying a stable reason code; callers turn it into a dead letter.
+
+Reason codes (stable; documented in the README):
+
+    bad_encoding          the bytes are not UTF-8
+    bad_json              not parseable JSON
+    not_object            JSON that is not an object
+    missing_series_id     series_id absent, empty, not a string, or longer than 256 characters
+    missing_values        values absent or empty
+    bad_values            values ragged, nested too deep, or not numbers
+    non_finite            NaN or infinity among the values
+    bad_shape             values do not have the (T, F) the model expects
+    bad_labels            labels not T integers in {0, 1}
+    bad_field             window_id, start or step_ms of the wrong type
+    oversize              the message is larger than limits.max_message_bytes
+    unknown_content_type  a content-type header this daemon does not decode
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from detector.errors import WindowError
+
+F32_CONTENT_TYPE = "application/x-detector-f32"
+JSON_CONTENT_TYPES = ("application/json", "")
+MAX_SERIES_ID = 256
+
+_json_decoder = msgspec.json.Decoder()
+_json_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One validated input window. ``values`` is float32 of shape (T, F); ``labels`` (T,) int8 or None."""
+
+    series_id: str
+    window_id: str | int | None
+    start: int | None
+    step_ms: int | None
+    values: np.ndarray
+    labels: np.ndarray | None = None
+    event_type: str | None = None
+
+
+def _check_shape(values: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
+        raise WindowError("bad_values", f"values must be T rows of F numbers, got shape {values.shape}")
+    if shape is not None and values.shape != tuple(shape):
+        t, f = shape
+        raise WindowError("bad_shape", f"values have shape {values.shape}, the model expects ({t}, {f})")
+    if not np.isfinite(values).all():
+        raise WindowError("non_finite", "values hold NaN or infinity")
+    return values
+
+
+def _optional_int(obj: dict[str, Any], key: str) -> int | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise WindowError("bad_field", f"{key} must be an integer, got {type(v).__name__}")
+    return v
+
+
+def window_from_obj(obj: Any, shape: tuple[int, int] | None = None) -> Window:
+    """Validate a decoded JSON value as an input window; ``shape`` = (T, F) to enforce, or None."""
+    if not isinstance(obj, dict):
+        raise WindowError("not_object", f"a window must be a JSON object, got {type(obj).__name__}")
+    sid = obj.get("series_id")
+    if not isinstance(sid, str) or not sid or len(sid) > MAX_SERIES_ID:
+        raise WindowError("missing_series_id", "series_id must be a string of 1..256 characters")
+    raw = obj.get("values")
+    if not isinstance(raw, list) or not raw:
+        raise WindowError("missing_values", "values must be a non-empty list")
+    try:  # strict: numbers only (no strings, booleans or null), then rows of equal length
+        rows = msgspec.convert(raw, list[list[float]] if isinstance(raw[0], list) else list[float])
+        with np.errstate(over="ignore"):
+            values = np.asarray(rows, dtype=np.float32)
+    except msgspec.ValidationError as err:
+        raise WindowError("bad_values", f"values must be T rows of F numbers: {err}") from None
+    except ValueError:
+        raise WindowError("bad_values", "values must be T rows of F numbers (rows of unequal length)") from None
+    values = _check_shape(values, shape)
+    wid = obj.get("window_id")
+    if wid is not None and (isinstance(wid, bool) or not isinstance(wid, str | int)):
+        raise WindowError("bad_field", f"window_id must be a string or an integer, got {type(wid).__name__}")
+    step_ms = _optional_int(obj, "step_ms")
+    if step_ms is not None and step_ms <= 0:
+        raise WindowError("bad_field", "step_ms must be > 0")
+    labels = obj.get("labels")
+    lab = None
+    if labels is not None:
+        try:
+            lab = np.asarray(msgspec.convert(labels, list[int]), dtype=np.int64)
+        except msgspec.ValidationError:
+            raise WindowError("bad_labels", "labels must be T integers in {0, 1}") from None
+        if lab.shape != (values.shape[0],) or not np.isin(lab, (0, 1)).all():
+            raise WindowError("bad_labels", f"labels must be {values.shape[0]} integers in {{0, 1}}")
+        lab = lab.astype(np.int8)
+    event_type = obj.get("event_type")
+    return Window(
+        series_id=sid,
+        window_id=wid,
+        start=_optional_int(obj, "start"),
+        step_ms=step_ms,
+        values=values,
+        labels=lab,
+        event_type=event_type if isinstance(event_type, str) else None,
+    )
+
+
+def parse_json(data: bytes) -> Any:
+    """JSON bytes -> Python value; WindowError ``bad_encoding``, ``non_finite`` or ``bad_json`` otherwise."""
+    try:
+        return _json_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as err:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WindowError("bad_encoding", "the message is not valid UTF-8") from None
+        if "Number out of range" in str(err):  # valid JSON (1e400) whose value is infinite
+            raise WindowError("non_finite", f"a number is out of range: {err}") from None
+        raise WindowError("bad_json", f"not valid JSON: {err}") from None
+
+
+def decode_json(data: bytes, shape: tuple[int, int] | None = None) -> Window:
+    """Decode and validate one JSON window (bytes as they come off the topic or a recording line)."""
+    return window_from_obj(parse_json(data), shape)
+
+
+def decode_f32(data: bytes, headers: dict[str, bytes], shape: tuple[int, int]) -> Window:
+    """Decode the binary codec: float32 little-endian row-major values, the other fields in headers."""
+
+    def text(key: str) -> str | None:
+        raw = headers.get(key)
+        if raw is None:
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WindowError("bad_encoding", f"header {key} is not valid UTF-8") from None
+
+    def integer(key: str) -> int | None:
+        s = text(key)
+        if s is None:
+            return None
+        try:
+            return int(s)
+        except ValueError:
+            raise WindowError("bad_field", f"header {key} must be an integer, got {s!r}") from None
+
+    sid = text("series_id")
+    if not sid or len(sid) > MAX_SERIES_ID:
+        raise WindowError("missing_series_id", "header series_id must be a string of 1..256 characters")
+    t, f = shape
+    if len(data) == 0:
+        raise WindowError("missing_values", "empty f32 payload")
+    if len(data) != t * f * 4:
+        raise WindowError("bad_shape", f"f32 payload of {len(data)} bytes, the model expects {t}x{f}x4")
+    values = _check_shape(np.frombuffer(data, dtype="<f4").reshape(t, f).astype(np.float32), shape)
+    step_ms = integer("step_ms")
+    if step_ms is not None and step_ms <= 0:
+        raise WindowError("bad_field", "header step_ms must be > 0")
+    return Window(
+        series_id=sid,
+        window_id=text("window_id"),  # headers are text: an integer window_id comes back as a string
+        start=integer("start"),
+        step_ms=step_ms,
+        values=values,
+    )
+
+
+def encode_f32(window: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Encode a window dict for the binary codec: (value bytes, Kafka headers)."""
+    values = np.asarray(window["values"], dtype="<f4")
+    headers = [("content-type", F32_CONTENT_TYPE.encode())]
+    for key in ("series_id", "window_id", "start", "step_ms"):
+        if window.get(key) is not None:
+            headers.append((key, str(window[key]).encode()))
+    return values.tobytes(), headers
+
+
+def encode_json(obj: Any) -> bytes:
+    """Output and dead-letter records: compact JSON bytes (numpy scalars not allowed; use plain types)."""
+    return _json_encoder.encode(obj)

@@ -1,0 +1,107 @@
+"""Calibrating and evaluating a checkpoint on a labelled recording, through the same Scorer that serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.model import calibration
+from detector.model.checkpoint import Checkpoint, Head
+from detector.model.metrics import binary_metrics
+from detector.model.thresholds import choose_threshold, parse_rule
+from detector.recordings import WindowSet
+from detector.scoring import Scorer
+
+SCORE_BATCH = 1024
+
+
+def logits(scorer: Scorer, data: WindowSet) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw window (N,) and step (N, T) logits of every window, in batches."""
+    win, step = [], []
+    for lo in range(0, len(data), SCORE_BATCH):
+        w, s, _ = scorer.logits(data.values[lo : lo + SCORE_BATCH])
+        win.append(w)
+        if s is not None:
+            step.append(s)
+    return np.concatenate(win), (np.concatenate(step) if step else None)
+
+
+def _fit_head(method: str, rule_text: str, z: np.ndarray, y: np.ndarray) -> Head:
+    params = calibration.fit(method, z, y)
+    prob = calibration.apply(params, z)
+    return Head(calibration=params, threshold=choose_threshold(parse_rule(rule_text), prob, y), rule=rule_text)
+
+
+def calibrate(ckpt: Checkpoint, data: WindowSet, method: str, rule: str) -> Checkpoint:
+    """A copy of ``ckpt`` with calibrators and thresholds fitted on labelled ``data`` (window and step heads)."""
+    assert data.labels is not None
+    parse_rule(rule)  # fail on a bad rule before any work
+    z_win, z_step = logits(Scorer(ckpt), data)
+    window = _fit_head(method, rule, z_win, data.labels.max(axis=1))
+    step = None
+    if z_step is not None:
+        step = _fit_head(method, rule, z_step.reshape(-1), data.labels.reshape(-1))
+    return ckpt.with_heads(window, step)
+
+
+def evaluate(ckpt: Checkpoint, data: WindowSet, out: Path) -> dict[str, Any]:
+    """Write ``out/metrics.json`` and the PNG plots; return the metrics."""
+    from detector import report
+
+    assert data.labels is not None
+    scorer = Scorer(ckpt)
+    scores_win, scores_step = [], []
+    for lo in range(0, len(data), SCORE_BATCH):
+        s = scorer.score(data.values[lo : lo + SCORE_BATCH])
+        scores_win.append(s.probability)
+        if s.step_probability is not None:
+            scores_step.append(s.step_probability)
+    prob = np.concatenate(scores_win)
+    y = data.labels.max(axis=1)
+    metrics: dict[str, Any] = {
+        "model_version": ckpt.version,
+        "calibration": ckpt.calibration_name,
+        "threshold_rule": ckpt.window.rule,
+        "window": binary_metrics(y, prob, ckpt.window.threshold),
+    }
+    step_prob = np.concatenate(scores_step) if scores_step else None
+    if step_prob is not None and ckpt.step is not None:
+        metrics["step"] = binary_metrics(data.labels.reshape(-1), step_prob.reshape(-1), ckpt.step.threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "reliability": report.plot_reliability(
+            y, prob, out / "reliability.png", title=f"Reliability ({ckpt.calibration_name})"
+        ),
+        "precision_recall": report.plot_precision_recall(
+            y, prob, out / "precision_recall.png", threshold=ckpt.window.threshold
+        ),
+    }
+    # Timeline: the series with the most labelled windows, its windows in time order, stitched.
+    ids = np.array(data.series_ids)
+    series = max(sorted(set(data.series_ids)), key=lambda s: int(y[ids == s].sum()))
+    idx = sorted(np.flatnonzero(ids == series), key=lambda i: (data.starts[i] or 0, i))
+    t = data.shape[0]
+    values = data.values[idx].reshape(-1, data.shape[1])
+    labels = data.labels[idx].reshape(-1)
+    if step_prob is not None and ckpt.step is not None:
+        line, thr = step_prob[idx].reshape(-1), ckpt.step.threshold
+    else:
+        line, thr = np.repeat(prob[idx], t), ckpt.window.threshold
+    first = data.starts[idx[0]]
+    step_ms = data.step_ms[idx[0]]
+    times = (first + np.arange(len(values)) * step_ms) if (first is not None and step_ms) else np.arange(len(values))
+    plots["timeline"] = report.plot_timeline(
+        times,
+        values,
+        line,
+        thr,
+        out / "timeline.png",
+        labels=labels,
+        flags=line >= thr,
+        feature_names=list(ckpt.feature_names),
+        title=f"Series {series}: values, labels and scores",
+    )
+    metrics["plots"] = {k: str(Path(v).name) for k, v in plots.items()}
+    return metrics

@@ -1,0 +1,68 @@
+"""Architecture and training hyper-parameters: frozen, validated, with the defaults that ship.
+
+These are plain pydantic models (no I/O, no environment): the settings tree embeds them under ``train``
+and a checkpoint stores ``NetworkConfig`` as JSON so that it rebuilds its model with no outside config.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Pooling = Literal["last", "mean", "max", "attention"]
+
+
+class NetworkConfig(BaseModel):
+    """The LSTM encoder and its heads."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hidden_size: int = Field(default=64, ge=1, le=4096)  # LSTM hidden units per direction
+    num_layers: int = Field(default=1, ge=1, le=8)  # stacked LSTM layers
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)  # between LSTM layers and before the heads
+    bidirectional: bool = True  # both directions see a step's context before and after: finds edges and drifts
+    window_head: bool = True  # one logit per window, from the pooled hidden states
+    pooling: Pooling = "attention"  # how the window head pools: last hidden state, mean, max or attention
+    step_head: bool = True  # one logit per time step; trained jointly with the window head when both are on
+    event_types: list[str] = Field(default_factory=list)  # names for the optional multi-class head; empty = off
+    binary_bottleneck: int = Field(default=0, ge=0)  # >0: a straight-through 0/1 code of this width before the heads
+
+    @model_validator(mode="after")
+    def _some_head(self) -> NetworkConfig:
+        if not (self.window_head or self.step_head):
+            raise ValueError("at least one of window_head and step_head must be on")
+        return self
+
+
+class AugmentConfig(BaseModel):
+    """How training windows are made from a recording beyond the windows it holds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    recut: bool = True  # cut fresh windows at random offsets from the contiguous series a recording holds
+    flip_sign: bool = True  # multiply a window's channels by -1 at random
+    permute_channels: bool = True  # shuffle feature order at random (all features play the same role)
+    inject_rate: float = Field(default=0.5, ge=0.0, le=1.0)  # share of training windows that get a synthetic event
+
+
+class TrainConfig(BaseModel):
+    """Optimisation, data split and stopping."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    network: NetworkConfig = NetworkConfig()
+    augment: AugmentConfig = AugmentConfig()
+    seed: int = 0
+    epochs: int = Field(default=40, ge=1)  # upper bound; early stopping usually ends sooner
+    steps_per_epoch: int = Field(default=60, ge=1)  # an epoch is a fixed number of batches, whatever the data size
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=5e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)  # share of series (or windows) held out for validation
+    max_val_windows: int = Field(default=4000, ge=1)  # validation is subsampled to this many windows
+    patience: int = Field(default=10, ge=1)  # epochs without validation-loss improvement before stopping
+    event_head: bool = False  # learn the event type too (needs event_type in the data, or --inject)
+    step_loss_weight: float = Field(default=1.0, ge=0)  # weight of the per-step loss when both heads are on
+    max_minutes: float = Field(default=0.0, ge=0)  # wall-clock cap on training; 0 = none

@@ -1,0 +1,64 @@
+"""From raw windows to network inputs: per-window robust scaling, differences, then per-channel statistics.
+
+Series arrive with wildly different offsets and scales (a latency around 0.3, a byte counter around 10^6).
+Each window is therefore made scale-free on its own, per feature, before the network sees it:
+
+    scale  = MAD of first differences (a robust noise scale; floored so that a constant window is finite)
+    level  = asinh((x - median(x)) / scale)          where the window sits, in noise units, compressed
+    change = asinh(diff(x) / scale)                    step-to-step change, compressed
+    quiet  = log(|diff(x)| / scale + 1e-2)             very negative on flat lines, large on bursts
+
+giving 3 channels per feature. Those channels are then standardised with a mean and std per channel
+measured on training data; those ``InputStats`` travel in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CHANNELS_PER_FEATURE = 3
+NORMALISATION = "window-robust-diff-v1"
+
+
+def robust_channels(x: torch.Tensor) -> torch.Tensor:
+    """Raw windows (B, T, F) -> scale-free channels (B, T, 3F), float32, finite for any finite input."""
+    x = x.to(torch.float64)  # float32 loses the noise of a series around 10^6
+    med = x.median(dim=1, keepdim=True).values  # (B, 1, F)
+    d = torch.diff(x, dim=1, prepend=x[:, :1])  # (B, T, F); first step has no change
+    dd = d[:, 1:]
+    mad = (dd - dd.median(dim=1, keepdim=True).values).abs().median(dim=1, keepdim=True).values * 1.4826
+    mean_abs = dd.abs().mean(dim=1, keepdim=True)  # when more than half the changes are 0, MAD is 0
+    floor = 1e-7 * (med.abs() + 1e-3)
+    scale = torch.maximum(torch.maximum(mad, 0.5 * mean_abs), floor)
+    level = torch.asinh((x - med) / scale)
+    change = torch.asinh(d / scale)
+    quiet = torch.log(d.abs() / scale + 1e-2)
+    return torch.cat([level, change, quiet], dim=2).to(torch.float32)
+
+
+@dataclass(frozen=True)
+class InputStats:
+    """Mean and std of each network input channel, measured on training windows."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, channels: torch.Tensor) -> InputStats:
+        """Statistics of channels (N, T, C) over windows and steps."""
+        flat = channels.reshape(-1, channels.shape[-1]).to(torch.float64)
+        mean = flat.mean(dim=0)
+        std = flat.std(dim=0).clamp_min(1e-3)
+        return cls(tuple(mean.tolist()), tuple(std.tolist()))
+
+    def apply(self, channels: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=channels.dtype, device=channels.device)
+        std = torch.tensor(self.std, dtype=channels.dtype, device=channels.device)
+        return (channels - mean) / std
+
+
+def prepare(x: torch.Tensor, stats: InputStats) -> torch.Tensor:
+    """Raw windows (B, T, F) -> standardised network inputs (B, T, 3F)."""
+    return stats.apply(robust_channels(x))

@@ -1,0 +1,298 @@
+"""Training: from a recording (labelled, or clean with synthetic injection) to an uncalibrated checkpoint.
+
+Labelled windows alone are few and overfit, so each training batch is drawn fresh: windows re-cut at random
+offsets from the contiguous series the recording holds, channels permuted and signs flipped at random, and
+a share of them given a synthetic event (:mod:`detector.model.inject`). An epoch is a fixed number of such
+batches, so training time does not grow with the recording. Validation uses held-out series as they are
+(with injected events when training with ``inject``); early stopping keeps the best validation loss.
+Seeded and deterministic on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from detector.errors import TrainingError
+from detector.model.checkpoint import Checkpoint, Head
+from detector.model.config import TrainConfig
+from detector.model.features import CHANNELS_PER_FEATURE, InputStats, robust_channels
+from detector.model.inject import EVENT_KINDS, EventSpec, inject_batch
+from detector.model.metrics import binary_metrics
+from detector.model.network import DetectorNet
+from detector.recordings import WindowSet
+
+# Training events are sized on the window's own step-to-step noise, which for smooth (autocorrelated)
+# series is far below the series' overall noise that real events are measured against: widen the sizes.
+TRAINING_EVENTS = EventSpec(gain=(1.0, 3.0))
+
+
+@dataclass
+class Batch:
+    values: np.ndarray  # (B, T, F)
+    labels: np.ndarray  # (B, T) int8
+    kinds: list[str]  # event type per window, "none" without one
+
+
+class BatchSampler:
+    """Draws augmented training batches from the training part of a recording."""
+
+    def __init__(self, data: WindowSet, config: TrainConfig, inject: bool, rng: np.random.Generator) -> None:
+        self.cfg = config.augment
+        self.rng = rng
+        self.t = data.shape[0]
+        self.inject = inject
+        self.rate = self.cfg.inject_rate
+        if inject and self.rate <= 0:
+            raise TrainingError("--inject needs train.augment.inject_rate > 0")
+        labels = None if inject else data.labels
+        kinds = data.event_types
+        if self.cfg.recut:
+            segs = WindowSet(
+                data.values, labels, data.series_ids, data.window_ids, data.starts, data.step_ms, kinds
+            ).segments()
+            self.segments = [(v, lab if lab is not None else np.zeros(len(v), np.int8)) for v, lab in segs]
+        else:
+            self.segments = [
+                (data.values[i], labels[i] if labels is not None else np.zeros(self.t, np.int8))
+                for i in range(len(data))
+            ]
+        room = np.array([len(v) - self.t + 1 for v, _ in self.segments], dtype=np.float64)
+        self.weights = room / room.sum()
+
+    def sample(self, size: int) -> Batch:
+        rng, t = self.rng, self.t
+        seg_idx = rng.choice(len(self.segments), size=size, p=self.weights)
+        values = np.empty((size, t, self.segments[0][0].shape[1]), dtype=np.float32)
+        labels = np.empty((size, t), dtype=np.int8)
+        for j, s in enumerate(seg_idx):
+            v, lab = self.segments[s]
+            off = int(rng.integers(0, len(v) - t + 1))
+            values[j] = v[off : off + t]
+            labels[j] = lab[off : off + t]
+        n_feat = values.shape[2]
+        if self.cfg.permute_channels and n_feat > 1:
+            perm = np.argsort(rng.random((size, n_feat)), axis=1)
+            values = np.take_along_axis(values, perm[:, None, :], axis=2)
+        if self.cfg.flip_sign:
+            values = values * np.where(rng.random((size, 1, n_feat)) < 0.5, -1.0, 1.0).astype(np.float32)
+        kinds = ["none" if not lab.any() else "unknown" for lab in labels]
+        if self.rate > 0:
+            values, masks, injected = inject_batch(values, rng, self.rate, spec=TRAINING_EVENTS)
+            labels = labels | masks
+            kinds = [k or kinds[i] for i, k in enumerate(injected)]
+        return Batch(values.astype(np.float32), labels, kinds)
+
+
+def _split(data: WindowSet, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of training and validation windows: whole series held out when there are several."""
+    series = sorted(set(data.series_ids))
+    ids = np.array(data.series_ids)
+    if len(series) >= 2:
+        held = set(rng.permutation(series)[: max(1, min(len(series) - 1, round(fraction * len(series))))])
+        val = np.array([s in held for s in ids])
+    else:  # one series: hold out its last windows
+        val = np.zeros(len(ids), dtype=bool)
+        val[int(len(ids) * (1 - fraction)) :] = True
+    train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise TrainingError(f"need at least 2 windows to split into training and validation, got {len(ids)}")
+    return train_idx, val_idx
+
+
+def _subset(data: WindowSet, idx: np.ndarray) -> WindowSet:
+    pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+    return WindowSet(
+        data.values[idx],
+        None if data.labels is None else data.labels[idx],
+        pick(data.series_ids),
+        pick(data.window_ids),
+        pick(data.starts),
+        pick(data.step_ms),
+        pick(data.event_types),
+    )
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Checkpoint
+    summary: dict[str, Any]  # validation precision/recall/f1/auprc at threshold 0.5, epochs, seconds
+
+
+class Objective:
+    """The joint loss: BCEWithLogits per head (pos_weight from the data) plus cross-entropy for event types."""
+
+    def __init__(self, net: DetectorNet, window_pw: float, step_pw: float, step_weight: float) -> None:
+        self.net = net
+        self.window = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(window_pw))
+        self.step = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(step_pw))
+        self.event = nn.CrossEntropyLoss()
+        self.step_weight = step_weight
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor, kinds: torch.Tensor | None) -> torch.Tensor:
+        out = self.net(x)
+        y_win = labels.amax(dim=1)
+        loss = torch.zeros(())
+        if self.net.window_head is not None:
+            loss = loss + self.window(out.window, y_win)
+        if out.step is not None:
+            loss = loss + self.step_weight * self.step(out.step, labels)
+        if out.event is not None and kinds is not None:
+            loss = loss + self.event(out.event, kinds)
+        return loss
+
+
+def train(
+    data: WindowSet,
+    config: TrainConfig,
+    inject: bool = False,
+    progress: bool = False,
+    feature_names: list[str] | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> TrainResult:
+    """Fit a model on ``data``; labels are required unless ``inject``."""
+    if not inject and data.labels is None:
+        raise TrainingError("the recording carries no labels: add them, or train with --inject")
+    if (
+        not inject
+        and data.window_labels is not None
+        and data.window_labels.sum() == 0
+        and config.augment.inject_rate == 0
+    ):
+        raise TrainingError("the recording holds no labelled events and injection is off: nothing to learn")
+    started = time.monotonic()
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    t, n_feat = data.shape
+    if t < 8:
+        raise TrainingError(f"windows of {t} steps are too short to learn from (need at least 8)")
+    train_idx, val_idx = _split(data, config.val_fraction, rng)
+    train_set, val_set = _subset(data, train_idx), _subset(data, val_idx)
+    sampler = BatchSampler(train_set, config, inject, rng)
+
+    event_types: list[str] = []
+    if config.event_head:
+        event_types = ["none", *EVENT_KINDS] if inject else sorted({k for k in data.event_types if k} | {"none"})
+        if len(event_types) < 2:
+            raise TrainingError("the event-type head needs event_type in the data, or --inject")
+    network = config.network.model_copy(update={"event_types": event_types})
+
+    # Validation: held-out series as they are, plus copies of them with injected events, so that early
+    # stopping sees enough events to be steady even when the recording holds few.
+    val_rng = np.random.default_rng(config.seed + 1)
+    vi = val_rng.permutation(len(val_set))[: config.max_val_windows // 2]
+    own_values = val_set.values[vi]
+    own_labels = (
+        val_set.labels[vi] if (val_set.labels is not None and not inject) else np.zeros(own_values.shape[:2], np.int8)
+    )
+    own_kinds = [val_set.event_types[i] or "none" for i in vi] if not inject else ["none"] * len(vi)
+    injected_values, masks, names = inject_batch(own_values, val_rng, 0.5, spec=TRAINING_EVENTS)
+    val_values = np.concatenate([own_values, injected_values])
+    val_labels = np.concatenate([own_labels, own_labels | masks])
+    val_kinds = own_kinds + [k or own_kinds[i] for i, k in enumerate(names)]
+
+    # Input statistics and class balance, measured on a sample of training batches.
+    probe = [sampler.sample(config.batch_size) for _ in range(max(4, 4096 // config.batch_size))]
+    probe_x = robust_channels(torch.from_numpy(np.concatenate([b.values for b in probe])))
+    stats = InputStats.fit(probe_x)
+    probe_y = np.concatenate([b.labels for b in probe])
+    win_pos = probe_y.max(axis=1).mean()
+    step_pos = probe_y.mean()
+    if win_pos == 0:
+        raise TrainingError("no training window holds an event (labelled or injected): nothing to learn")
+    window_pw = float(min((1 - win_pos) / win_pos, 100.0))
+    step_pw = float(min((1 - step_pos) / max(step_pos, 1e-6), 100.0))
+
+    def tensors(values: np.ndarray, labels: np.ndarray, kinds: list[str]):
+        x = stats.apply(robust_channels(torch.from_numpy(values)))
+        y = torch.from_numpy(labels.astype(np.float32))
+        k = None
+        if event_types:
+            k = torch.tensor([event_types.index(s) if s in event_types else 0 for s in kinds])
+        return x, y, k
+
+    net = DetectorNet(network, n_feat * CHANNELS_PER_FEATURE)
+    objective = Objective(net, window_pw, step_pw, config.step_loss_weight)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * config.steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.1)
+    vx, vy, vk = tensors(val_values, val_labels, val_kinds)
+
+    best_loss, best_state, best_epoch, stale = math.inf, copy.deepcopy(net.state_dict()), 0, 0
+    history = []
+    bar = tqdm(total=total_steps, desc="train", unit="batch", disable=not progress, leave=False)
+    epoch = 0
+    for epoch in range(1, config.epochs + 1):
+        net.train()
+        running = 0.0
+        for _ in range(config.steps_per_epoch):
+            b = sampler.sample(config.batch_size)
+            x, y, k = tensors(b.values, b.labels, b.kinds)
+            loss = objective(x, y, k)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            opt.step()
+            sched.step()
+            running += loss.item()
+            bar.update(1)
+        net.eval()
+        with torch.no_grad():
+            val_loss = float(objective(vx, vy, vk))
+        history.append({"epoch": epoch, "train_loss": running / config.steps_per_epoch, "val_loss": val_loss})
+        bar.set_postfix(train=f"{running / config.steps_per_epoch:.4f}", val=f"{val_loss:.4f}")
+        log(f"epoch {epoch}: train loss {running / config.steps_per_epoch:.4f}, validation loss {val_loss:.4f}")
+        if val_loss < best_loss - 1e-4:
+            best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(net.state_dict()), epoch, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+        if config.max_minutes and time.monotonic() - started > config.max_minutes * 60:
+            break
+    bar.close()
+    net.load_state_dict(best_state)
+    # pos_weight w moves the optimal logit up by log(w); take it back out so that the raw model is
+    # roughly calibrated at the training prior (calibration proper comes later, on held-out data).
+    with torch.no_grad():
+        for head, pw in ((net.window_head, window_pw), (net.step_head, step_pw)):
+            if head is not None and pw > 0:
+                head.bias.sub_(math.log(pw))
+    net.eval()
+    with torch.no_grad():
+        val_logits = net(vx).window.numpy()
+    prob = 1.0 / (1.0 + np.exp(-val_logits.astype(np.float64)))
+    m = binary_metrics(val_labels.max(axis=1), prob, 0.5)
+    summary = {
+        "validation": {k: round(float(m[k]), 4) for k in ("precision", "recall", "f1", "auprc")},
+        "validation_windows": len(val_values),
+        "validation_positives": int(val_labels.max(axis=1).sum()),
+        "best_epoch": best_epoch,
+        "epochs": epoch,
+        "best_val_loss": round(best_loss, 6),
+        "seconds": round(time.monotonic() - started, 1),
+        "inject": inject,
+        "training_windows": len(train_set),
+        "seed": config.seed,
+    }
+    names = feature_names or [f"f{i}" for i in range(n_feat)]
+    ckpt = Checkpoint(
+        network=network,
+        state={k: v.detach().clone() for k, v in net.state_dict().items()},
+        window_length=t,
+        feature_names=tuple(names),
+        stats=stats,
+        window=Head(),
+        step=Head() if network.step_head else None,
+        training={k: v for k, v in summary.items() if k != "seconds"},
+    )
+    return TrainResult(ckpt, summary)

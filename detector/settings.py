@@ -1,0 +1,271 @@
+"""The one frozen settings tree of detector, and how it is loaded.
+
+Every value comes from one of four places; a higher one wins, key by key (nested sections merge, so a
+YAML file may set ``kafka.input_topic`` while the environment sets ``DETECTOR_KAFKA__GROUP_ID``):
+
+    1. keyword overrides passed to ``load_settings`` (what the CLI's flags set)
+    2. environment variables ``DETECTOR_<SECTION>__<NAME>`` (or the ``environ`` mapping given instead)
+    3. the YAML file given with ``--config`` (the same names, nested: ``kafka: {input_topic: in}``)
+    4. the defaults below (the table in DESIGN.md)
+
+Only this module reads the environment. The CLI builds ``Settings`` once and passes it down; it is frozen.
+Any problem (a missing or malformed file, an unknown key, an invalid value) raises ``ConfigError`` with a
+one-line message naming the setting in both its dotted and its environment form.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails, to_jsonable_python
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    YamlConfigSettingsSource,
+)
+
+from detector.errors import ConfigError
+from detector.model.config import TrainConfig
+
+ENV_PREFIX = "DETECTOR_"
+ENV_DELIMITER = "__"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Broker, topics, consumer group and cluster security."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"  # host:port,...
+    input_topic: str = "windows"
+    output_topic: str = "scores"
+    dlq_topic: str = "windows.dlq"
+    alert_topic: str = "alerts"  # alert transitions; empty = off
+    group_id: str = "detector"  # the consumer group: replicas sharing it share the partitions
+    client_id: str = "detector"
+    session_timeout_ms: int = Field(default=45000, gt=0)  # 6000 with the embedded broker
+    heartbeat_interval_ms: int = Field(default=3000, gt=0)  # < session_timeout_ms; 2000 with embedded broker
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"  # where a group with no commits starts
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None  # from the environment or a secret store, never a file
+    ssl_cafile: str | None = None  # CA bundle to verify the brokers; None = the system store
+
+    @field_validator("sasl_mechanism", "sasl_username", "sasl_password", "ssl_cafile", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("heartbeat_interval_ms")
+    @classmethod
+    def _heartbeat_below_session(cls, value: int, info: ValidationInfo) -> int:
+        session = info.data.get("session_timeout_ms")
+        if session is not None and value >= session:
+            raise ValueError(f"must be below session_timeout_ms ({session})")
+        return value
+
+
+class ModelSettings(_Section):
+    """Which checkpoint to serve and where to run it."""
+
+    checkpoint: Path | None = None  # required by `serve` (checked there), watched for new versions
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # autocast on CUDA; CPU stays fp32
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, not {value!r}")
+        return value
+
+
+class BatchSettings(_Section):
+    """Micro-batching: score when max_size windows are in hand or the oldest has waited max_wait_ms."""
+
+    max_size: int = Field(default=256, ge=1)
+    max_wait_ms: int = Field(default=20, ge=0)
+
+
+class ReloadSettings(_Section):
+    """Checkpoint hot-swap."""
+
+    poll_seconds: float = Field(default=5.0, gt=0)  # how often the checkpoint file is checked for a change
+
+
+class AlertSettings(_Section):
+    """Hysteresis of the alert topic."""
+
+    raise_after: int = Field(default=3, ge=1)  # consecutive flagged windows before "raised"
+    clear_after: int = Field(default=5, ge=1)  # consecutive clean windows before "cleared"
+
+
+class LimitSettings(_Section):
+    """Input guards."""
+
+    max_message_bytes: int = Field(default=1_048_576, ge=1)  # larger input goes to the DLQ as `oversize`
+
+
+class HttpSettings(_Section):
+    """The /metrics, /healthz and /readyz endpoints."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=9108, ge=0, le=65535)  # 0 = any free port
+
+
+class LogSettings(_Section):
+    """structlog output."""
+
+    format: Literal["json", "console"] | None = None  # None = console on a TTY, else json
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    def resolved_format(self, isatty: bool) -> Literal["json", "console"]:
+        """The format set, else ``console`` when the output is a TTY and ``json`` otherwise."""
+        if self.format is not None:
+            return self.format
+        return "console" if isatty else "json"
+
+
+class Settings(BaseSettings):
+    """Everything detector can be configured with; build it with ``load_settings``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    model: ModelSettings = ModelSettings()
+    batch: BatchSettings = BatchSettings()
+    reload: ReloadSettings = ReloadSettings()
+    alerts: AlertSettings = AlertSettings()
+    limits: LimitSettings = LimitSettings()
+    http: HttpSettings = HttpSettings()
+    log: LogSettings = LogSettings()
+    train: TrainConfig = TrainConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config, environ = _inputs.get()
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            _EnvironSource(settings_cls, os.environ if environ is None else environ),
+        ]
+        if config is not None:
+            sources.append(_YamlSource(settings_cls, yaml_file=config))
+        return tuple(sources)
+
+
+# The YAML file and environment of the `load_settings` call in progress. A ContextVar keeps concurrent
+# calls (threads, tasks) apart, which a class attribute would not; outside a call: no file, os.environ.
+_inputs: ContextVar[tuple[Path | None, Mapping[str, str] | None]] = ContextVar(
+    "detector_settings_inputs", default=(None, None)
+)
+
+
+class _EnvironSource(EnvSettingsSource):
+    """The environment source, reading a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ  # read by _load_env_vars, which the base __init__ calls
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # names are matched case-insensitively (case_sensitive is off), as the base class does
+        return {key.lower(): value for key, value in self._environ.items()}
+
+
+class _YamlSource(YamlConfigSettingsSource):
+    """The YAML file source, failing with ConfigError where the stock one would be silent or vague."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {file_path}: {err.strerror or err}") from err
+        except yaml.YAMLError as err:
+            detail = " ".join(str(err).split())
+            raise ConfigError(f"config file {file_path} is not valid YAML: {detail}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {file_path} must hold a mapping, not a {type(data).__name__}")
+        # a section whose keys are all commented out parses as null: treat it as empty
+        return {key: value for key, value in data.items() if value is not None}
+
+
+def load_settings(config: Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings from ``overrides`` > ``environ`` (default ``os.environ``) > ``config`` > defaults.
+
+    ``overrides`` are nested like the YAML file (``kafka={"group_id": "g"}``) and merge with the other
+    sources key by key. Raises ``ConfigError`` (one line) for any problem; never reads ``.env`` files.
+    """
+    if config is not None:
+        config = Path(config)
+        if not config.is_file():
+            raise ConfigError(f"config file {config} does not exist or is not a file")
+    token = _inputs.set((config, environ))
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise ConfigError("; ".join(_describe(error) for error in err.errors())) from err
+    except SettingsError as err:  # e.g. DETECTOR_KAFKA='{...' (a whole section as JSON) that does not parse
+        detail = f"{err}: {err.__cause__}" if err.__cause__ else str(err)
+        raise ConfigError("invalid setting: " + " ".join(detail.split())) from err
+    finally:
+        _inputs.reset(token)
+
+
+def _describe(error: ErrorDetails) -> str:
+    """One validation error as `invalid setting kafka.port (DETECTOR_KAFKA__PORT): <reason>`."""
+    loc = [str(part) for part in error["loc"]]
+    # a list index (train.network.event_types.1) has no environment form of its own
+    names = itertools.takewhile(lambda part: isinstance(part, str), error["loc"])
+    env = ENV_PREFIX + ENV_DELIMITER.join(str(name) for name in names).upper()
+    what = "unknown setting" if error["type"] == "extra_forbidden" else "invalid setting"
+    reason = " ".join(str(error["msg"]).split()).removeprefix("Value error, ")
+    return f"{what} {'.'.join(loc)} ({env}): {reason}"
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """All settings as a JSON-safe dict, with every secret shown as ``"***"`` (for the start-up log)."""
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "***"
+        if isinstance(value, dict):
+            return {key: mask(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [mask(item) for item in value]
+        return value
+
+    return to_jsonable_python(mask(settings.model_dump()))

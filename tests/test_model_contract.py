@@ -1,0 +1,198 @@
+"""Contract tests over every model variant and calibrator (River's checks/ habit)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save as save_tensors
+
+from detector.errors import CheckpointError
+from detector.evaluation import calibrate
+from detector.model import checkpoint
+from detector.model.network import BinaryActivation
+from detector.scoring import Scorer, resolve_device
+
+VARIANTS = {
+    "last": {"pooling": "last"},
+    "mean": {"pooling": "mean"},
+    "max": {"pooling": "max"},
+    "attention": {"pooling": "attention"},
+    "window-only": {"pooling": "attention", "step_head": False},
+    "step-only": {"window_head": False},
+    "bidirectional-2-layers": {"bidirectional": True, "num_layers": 2, "pooling": "last"},
+    "binary-bottleneck": {"binary_bottleneck": 6},
+    "event-head": {"event_head": True},
+}
+CALIBRATORS = ["none", "platt", "isotonic", "temperature"]
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def variant(request, small_data):
+    """A tiny trained checkpoint of each variant, calibrated each way, saved and loaded back."""
+    from detector.model.train import train
+    from tests.conftest import tiny_config
+
+    options = dict(VARIANTS[request.param])
+    event_head = bool(options.pop("event_head", False))
+    base = train(small_data, tiny_config(0, event_head, **options)).checkpoint
+    out = {"none": base}
+    for method in CALIBRATORS[1:]:
+        out[method] = calibrate(base, small_data, method, "max-f1")
+    return out
+
+
+@pytest.mark.parametrize("method", CALIBRATORS)
+def test_round_trip_gives_identical_scores(variant, method, small_data, tmp_path):
+    """A checkpoint saved and loaded scores exactly as the one in memory, and keeps its heads."""
+    ckpt = variant[method]
+    path = tmp_path / "m.ckpt"
+    version = checkpoint.save(ckpt, path)
+    loaded = checkpoint.load(path)
+    assert loaded.version == version
+    assert loaded.network == ckpt.network
+    assert loaded.window == ckpt.window
+    a = Scorer(ckpt).score(small_data.values)
+    b = Scorer(loaded).score(small_data.values)
+    np.testing.assert_array_equal(a.probability, b.probability)
+    np.testing.assert_array_equal(a.flag, b.flag)
+    if a.step_probability is not None:
+        np.testing.assert_array_equal(a.step_probability, b.step_probability)
+
+
+@pytest.mark.parametrize("method", CALIBRATORS)
+def test_probabilities_in_unit_interval(variant, method, small_data):
+    """Window and step probabilities lie in [0, 1], also for extreme inputs."""
+    scorer = Scorer(variant[method])
+    extreme = small_data.values[:8] * np.float32(1e6) + np.float32(3e7)
+    for values in (small_data.values, extreme):
+        s = scorer.score(values)
+        assert np.all((s.probability >= 0) & (s.probability <= 1))
+        if s.step_probability is not None:
+            assert np.all((s.step_probability >= 0) & (s.step_probability <= 1))
+
+
+@pytest.mark.parametrize("method", CALIBRATORS)
+def test_calibration_is_monotone(variant, method):
+    """Calibrated probability never decreases as the raw logit grows."""
+    from detector.model import calibration
+
+    z = np.linspace(-40, 40, 2001)
+    p = calibration.apply(variant[method].window.calibration, z)
+    assert np.all(np.diff(p) >= 0)
+
+
+def test_scores_do_not_depend_on_batch_size(variant, small_data):
+    """Scoring windows one at a time, in odd chunks or all at once agrees within 1e-5."""
+    scorer = Scorer(variant["isotonic"])
+    whole = scorer.score(small_data.values)
+    ones = np.concatenate([scorer.score(small_data.values[i : i + 1]).probability for i in range(12)])
+    np.testing.assert_allclose(ones, whole.probability[:12], atol=1e-5)
+    chunks = [scorer.logits(small_data.values[i : i + 7])[0] for i in range(0, len(small_data), 7)]
+    np.testing.assert_allclose(np.concatenate(chunks), whole.window_logit, atol=1e-5)
+
+
+def test_training_is_deterministic_under_a_seed(fit_tiny):
+    """The same seed gives byte-identical checkpoints; another seed gives another model."""
+    a, b, c = fit_tiny(seed=3), fit_tiny(seed=3), fit_tiny(seed=4)
+    assert checkpoint.to_bytes(a) == checkpoint.to_bytes(b)
+    assert checkpoint.to_bytes(a) != checkpoint.to_bytes(c)
+
+
+def test_checkpoint_rebuilds_without_outside_config(fit_tiny, tmp_path):
+    """Everything the model needs (architecture, shape, normalisation, heads) is in the file."""
+    ckpt = fit_tiny(pooling="attention", hidden_size=12)
+    path = tmp_path / "m.ckpt"
+    checkpoint.save(ckpt, path)
+    header_len = struct.unpack("<Q", path.read_bytes()[:8])[0]
+    meta = json.loads(json.loads(path.read_bytes()[8 : 8 + header_len])["__metadata__"]["detector"])
+    assert meta["architecture"]["pooling"] == "attention"
+    assert meta["architecture"]["hidden_size"] == 12
+    assert meta["window_length"] == 16
+    assert len(meta["features"]) == 2
+    assert set(meta["normalisation"]) == {"kind", "mean", "std"}
+    assert meta["format_version"] == checkpoint.FORMAT_VERSION
+    assert checkpoint.load(path).build().config.hidden_size == 12
+
+
+def _corruptions(good: bytes, tmp_path) -> dict[str, bytes]:
+    meta_foreign = save_tensors({"w": torch.zeros(2)}, metadata={"framework": "other"})
+    wrong_version = good.replace(b'\\"format_version\\":1', b'\\"format_version\\":99')
+    assert wrong_version != good
+    pickled = tmp_path / "pickle.pt"
+    torch.save({"state": torch.zeros(2)}, pickled)
+    rng = np.random.default_rng(0)
+    return {
+        "empty": b"",
+        "truncated": good[: len(good) // 2],
+        "truncated-header": good[:20],
+        "random": rng.bytes(4096),
+        "foreign-safetensors": meta_foreign,
+        "wrong-version": wrong_version,
+        "pickle": pickled.read_bytes(),
+    }
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["empty", "truncated", "truncated-header", "random", "foreign-safetensors", "wrong-version", "pickle"],
+)
+def test_corrupt_checkpoints_are_rejected(fit_tiny, tmp_path, kind):
+    """A truncated, random, foreign, pickled or wrong-version file raises CheckpointError with one line."""
+    good = checkpoint.to_bytes(fit_tiny())
+    path = tmp_path / f"{kind}.ckpt"
+    path.write_bytes(_corruptions(good, tmp_path)[kind])
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load(path)
+    assert "\n" not in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_missing_checkpoint_is_a_checkpoint_error(tmp_path):
+    """A path with no file gives CheckpointError, not FileNotFoundError."""
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        checkpoint.load(tmp_path / "absent.ckpt")
+
+
+def test_save_is_atomic_and_leaves_no_temporary(fit_tiny, tmp_path):
+    """save() replaces the target in one rename and leaves no temporary file behind."""
+    path = tmp_path / "m.ckpt"
+    path.write_bytes(b"old")
+    checkpoint.save(fit_tiny(), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.ckpt"]
+    checkpoint.load(path)
+
+
+def test_binary_activation_forward_and_straight_through_gradient():
+    """Forward is hard 0/1; backward passes the gradient where |x| <= 1 and zero elsewhere."""
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0], requires_grad=True)
+    y = BinaryActivation()(x)
+    assert y.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    y.backward(torch.full_like(x, 2.0))
+    assert x.grad is not None
+    assert x.grad.tolist() == [0.0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0]
+
+
+def test_event_head_names_travel_in_the_checkpoint(variant, small_data):
+    """With the event head on, records name an event type from the checkpoint's list."""
+    ckpt = variant["none"]
+    scorer = Scorer(ckpt)
+    s = scorer.score(small_data.values[:4])
+    if not ckpt.network.event_types:
+        assert s.event_probability is None
+        return
+    assert s.event_probability is not None
+    np.testing.assert_allclose(s.event_probability.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_auto_device_is_the_cpu_without_a_gpu():
+    """device=auto selects the CPU when CUDA is absent; an explicit cuda device is an error then."""
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+        return
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA"):
+        resolve_device("cuda")

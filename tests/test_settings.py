@@ -1,0 +1,212 @@
+"""The settings tree: defaults, source precedence, one-line errors, secrets, shipped configs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from detector.errors import ConfigError
+from detector.settings import Settings, load_settings, masked
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_design_table() -> None:
+    """With no file and an empty environment every setting has the default DESIGN.md lists."""
+    s = load_settings(environ={})
+    assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert (s.kafka.input_topic, s.kafka.output_topic, s.kafka.dlq_topic) == (
+        "windows",
+        "scores",
+        "windows.dlq",
+    )
+    assert s.kafka.alert_topic == "alerts"
+    assert s.kafka.group_id == "detector"
+    assert (s.kafka.session_timeout_ms, s.kafka.heartbeat_interval_ms) == (45000, 3000)
+    assert s.kafka.security_protocol == "PLAINTEXT"
+    assert s.kafka.sasl_mechanism is s.kafka.sasl_username is None
+    assert s.kafka.sasl_password is s.kafka.ssl_cafile is None
+    assert s.model.checkpoint is None
+    assert (s.model.device, s.model.precision) == ("auto", "fp32")
+    assert (s.batch.max_size, s.batch.max_wait_ms) == (256, 20)
+    assert s.reload.poll_seconds == 5
+    assert (s.alerts.raise_after, s.alerts.clear_after) == (3, 5)
+    assert s.limits.max_message_bytes == 1048576
+    assert (s.http.host, s.http.port) == ("0.0.0.0", 9108)
+    assert s.log.format is None
+    assert s.log.level == "info"
+    assert s.log.resolved_format(isatty=True) == "console"
+    assert s.log.resolved_format(isatty=False) == "json"
+
+
+def test_environment_overrides_yaml_and_nested_sections_merge(tmp_path: Path) -> None:
+    """An environment variable beats the same key in YAML while the file's other keys in that section stay."""
+    config = write_yaml(tmp_path, "kafka:\n  input_topic: in\n  group_id: from-yaml\nbatch:\n  max_size: 8\n")
+    s = load_settings(config, environ={"DETECTOR_KAFKA__GROUP_ID": "from-env", "DETECTOR_BATCH__MAX_WAIT_MS": "5"})
+    assert s.kafka.input_topic == "in"
+    assert s.kafka.group_id == "from-env"
+    assert (s.batch.max_size, s.batch.max_wait_ms) == (8, 5)
+
+
+def test_overrides_beat_the_environment() -> None:
+    """Keyword overrides (the CLI's flags) win over the environment, key by key."""
+    s = load_settings(
+        environ={"DETECTOR_KAFKA__GROUP_ID": "env", "DETECTOR_KAFKA__INPUT_TOPIC": "env-in"},
+        kafka={"group_id": "flag"},
+    )
+    assert (s.kafka.group_id, s.kafka.input_topic) == ("flag", "env-in")
+
+
+def test_os_environ_is_read_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an explicit mapping the process environment is the environment source."""
+    monkeypatch.setenv("DETECTOR_HTTP__PORT", "9999")
+    assert load_settings().http.port == 9999
+
+
+def test_invalid_value_is_one_line_naming_the_field() -> None:
+    """A value that does not validate raises ConfigError on one line with the dotted and env names."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "soon"})
+    message = str(info.value)
+    assert "\n" not in message
+    assert "kafka.session_timeout_ms" in message
+    assert "DETECTOR_KAFKA__SESSION_TIMEOUT_MS" in message
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("environ", "env_name"),
+    [
+        ({"DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "45000"}, "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS"),
+        ({"DETECTOR_MODEL__DEVICE": "tpu"}, "DETECTOR_MODEL__DEVICE"),
+        ({"DETECTOR_MODEL__PRECISION": "int8"}, "DETECTOR_MODEL__PRECISION"),
+        ({"DETECTOR_HTTP__PORT": "70000"}, "DETECTOR_HTTP__PORT"),
+        ({"DETECTOR_BATCH__MAX_SIZE": "0"}, "DETECTOR_BATCH__MAX_SIZE"),
+        ({"DETECTOR_KAFKA__SECURITY_PROTOCOL": "TLS"}, "DETECTOR_KAFKA__SECURITY_PROTOCOL"),
+        ({"DETECTOR_LOG__LEVEL": "loud"}, "DETECTOR_LOG__LEVEL"),
+    ],
+)
+def test_each_rule_names_its_field(environ: dict[str, str], env_name: str) -> None:
+    """Range, choice and cross-field rules each fail with a one-line message naming the offending setting."""
+    with pytest.raises(ConfigError, match=env_name) as info:
+        load_settings(environ=environ)
+    assert "\n" not in str(info.value)
+
+
+def test_accepted_spellings() -> None:
+    """Upper-case log levels, cuda:N devices and empty optional values are accepted."""
+    s = load_settings(
+        environ={
+            "DETECTOR_LOG__LEVEL": "WARNING",
+            "DETECTOR_MODEL__DEVICE": "cuda:1",
+            "DETECTOR_KAFKA__SASL_MECHANISM": "",
+            "DETECTOR_KAFKA__ALERT_TOPIC": "",
+        }
+    )
+    assert (s.log.level, s.model.device) == ("warning", "cuda:1")
+    assert s.kafka.sasl_mechanism is None
+    assert s.kafka.alert_topic == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [("kafka:\n  input_topik: in\n", "kafka.input_topik"), ("kafak:\n  input_topic: in\n", "kafak")],
+)
+def test_unknown_yaml_key_is_rejected(tmp_path: Path, text: str, name: str) -> None:
+    """A misspelt key in the YAML file is an error naming the key, not silently ignored."""
+    with pytest.raises(ConfigError, match=re.escape(f"unknown setting {name} ")) as info:
+        load_settings(write_yaml(tmp_path, text), environ={})
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_nested_env_key_is_rejected() -> None:
+    """A misspelt DETECTOR_<SECTION>__<NAME> variable is an error naming it."""
+    with pytest.raises(ConfigError, match="DETECTOR_KAFKA__GROUPID"):
+        load_settings(environ={"DETECTOR_KAFKA__GROUPID": "g"})
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    """A config path that does not exist raises ConfigError naming it."""
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
+        load_settings(missing, environ={})
+
+
+@pytest.mark.parametrize("text", ["kafka: [\n", "- a\n- b\n", "just a string\n"])
+def test_malformed_yaml(tmp_path: Path, text: str) -> None:
+    """YAML that does not parse, or is not a mapping, raises a one-line ConfigError."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(write_yaml(tmp_path, text), environ={})
+    assert "\n" not in str(info.value)
+
+
+def test_empty_yaml_and_empty_sections_mean_defaults(tmp_path: Path) -> None:
+    """An empty file, or a section whose keys are all commented out, leaves the defaults."""
+    assert load_settings(write_yaml(tmp_path, ""), environ={}) == load_settings(environ={})
+    s = load_settings(write_yaml(tmp_path, "kafka:\n  # group_id: x\nhttp:\n  port: 1\n"), environ={})
+    assert (s.kafka.group_id, s.http.port) == ("detector", 1)
+
+
+def test_settings_are_frozen() -> None:
+    """Neither the tree nor a section can be assigned to after loading."""
+    s = load_settings(environ={})
+    with pytest.raises(ValidationError):
+        s.kafka = s.kafka
+    with pytest.raises(ValidationError):
+        s.kafka.group_id = "other"
+
+
+def test_secrets_are_masked() -> None:
+    """masked() is JSON-safe and shows the SASL password as *** while other values stay readable."""
+    s = load_settings(environ={"DETECTOR_KAFKA__SASL_PASSWORD": "hunter2", "DETECTOR_MODEL__CHECKPOINT": "m/x.ckpt"})
+    assert s.kafka.sasl_password is not None
+    assert s.kafka.sasl_password.get_secret_value() == "hunter2"
+    shown = masked(s)
+    assert shown["kafka"]["sasl_password"] == "***"
+    assert shown["model"]["checkpoint"] == "m/x.ckpt"
+    assert "hunter2" not in json.dumps(shown)
+    assert "hunter2" not in repr(s)
+
+
+@pytest.mark.parametrize("name", ["dev.yaml", "production.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    """Both configs in configs/ load and validate with an empty environment."""
+    s = load_settings(CONFIGS / name, environ={})
+    assert isinstance(s, Settings)
+    assert s.model.checkpoint is not None
+
+
+def test_dev_config_suits_the_embedded_broker() -> None:
+    """The dev config points at the embedded broker with the short group timings it needs."""
+    s = load_settings(CONFIGS / "dev.yaml", environ={})
+    assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert (s.kafka.session_timeout_ms, s.kafka.heartbeat_interval_ms) == (6000, 2000)
+    assert s.model.checkpoint == Path("models/detector.ckpt")
+
+
+def test_production_config_holds_no_secret_and_takes_it_from_the_environment() -> None:
+    """The production example sets SASL_SSL without a password; the environment supplies it."""
+    assert "sasl_password:" not in (CONFIGS / "production.yaml").read_text()
+    s = load_settings(CONFIGS / "production.yaml", environ={"DETECTOR_KAFKA__SASL_PASSWORD": "pw"})
+    assert s.kafka.security_protocol == "SASL_SSL"
+    assert s.kafka.sasl_mechanism is not None
+    assert s.kafka.sasl_password is not None
+    assert s.kafka.sasl_password.get_secret_value() == "pw"
+
+
+def test_train_config_nested_env_override() -> None:
+    """Training hyper-parameters nest two levels deep in the environment like any other setting."""
+    s = load_settings(environ={"DETECTOR_TRAIN__NETWORK__HIDDEN_SIZE": "32", "DETECTOR_TRAIN__EPOCHS": "3"})
+    assert s.train.network.hidden_size == 32
+    assert s.train.epochs == 3
+    assert s.train.network.num_layers == 1
