@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup test lint demo bench-model clean
+.PHONY: setup test lint demo bench-model bench-scale clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ demo: setup
 
 bench-model: setup
 	$(PY) bench/model.py
+
+bench-scale: setup
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) demo-out bench/out

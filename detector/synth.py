@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.signal import lfilter
 
 from detector.model.inject import EVENT_KINDS, EventSpec, inject_event
 
@@ -42,11 +43,7 @@ def _base_series(rng: np.random.Generator, n: int, p: SynthParams) -> np.ndarray
     for f in range(p.features):
         phi = rng.uniform(*p.ar_coefficient)
         eps = rng.standard_normal(n) * np.sqrt(1.0 - phi**2)
-        noise = np.empty(n)
-        acc = 0.0
-        for i in range(n):  # AR(1); n is a few thousand at most per series
-            acc = phi * acc + eps[i]
-            noise[i] = acc
+        noise = lfilter([1.0], [1.0, -phi], eps)  # AR(1) with unit marginal variance
         season = np.zeros(n)
         for _ in range(int(rng.integers(1, 3))):
             period = np.exp(rng.uniform(*np.log(p.season_period)))

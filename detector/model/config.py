@@ -65,4 +65,4 @@ class TrainConfig(BaseModel):
     patience: int = Field(default=10, ge=1)  # epochs without validation-loss improvement before stopping
     event_head: bool = False  # learn the event type too (needs event_type in the data, or --inject)
     step_loss_weight: float = Field(default=1.0, ge=0)  # weight of the per-step loss when both heads are on
-    max_minutes: float = Field(default=0.0, ge=0)  # wall-clock cap on training; 0 = none
+    max_minutes: float = Field(default=4.0, ge=0)  # wall-clock cap on training (best epoch so far is kept); 0 = none
