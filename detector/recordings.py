@@ -105,14 +105,20 @@ def load(path: str | Path, shape: tuple[int, int] | None = None, need_labels: bo
         windows.append(w)
     if not windows:
         raise DataError(f"{path}: holds no windows")
-    labelled = [w.labels is not None for w in windows]
-    if need_labels and not all(labelled):
-        raise DataError(f"{path}: {labelled.count(False)} windows carry no labels; this command needs labels")
+    unlabelled = sum(w.labels is None for w in windows)
+    if need_labels and unlabelled:
+        raise DataError(f"{path}: {unlabelled} windows carry no labels; this command needs labels")
+    return from_windows(windows, path.name)
+
+
+def from_windows(windows: list[Window], name: str) -> WindowSet:
+    """Stack validated windows of one shape; a missing window_id becomes ``{name}/{index}``."""
+    labelled = all(w.labels is not None for w in windows)
     return WindowSet(
         values=np.stack([w.values for w in windows]),
-        labels=np.stack([w.labels for w in windows]) if all(labelled) else None,  # type: ignore[misc]
+        labels=np.stack([w.labels for w in windows]) if labelled else None,  # type: ignore[misc]
         series_ids=[w.series_id for w in windows],
-        window_ids=[w.window_id if w.window_id is not None else f"{path.name}/{i}" for i, w in enumerate(windows)],
+        window_ids=[w.window_id if w.window_id is not None else f"{name}/{i}" for i, w in enumerate(windows)],
         starts=[w.start for w in windows],
         step_ms=[w.step_ms for w in windows],
         event_types=[w.event_type for w in windows],

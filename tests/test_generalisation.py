@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from detector import synth
+from detector.codec import window_from_obj
 from detector.evaluation import calibrate
 from detector.model.config import TrainConfig
 from detector.model.metrics import binary_metrics
 from detector.model.train import train
-from detector.recordings import WindowSet
+from detector.recordings import WindowSet, from_windows
 from detector.scoring import Scorer
 
 # Unseen data: smoother noise and stronger seasons than the training generator's defaults.
@@ -18,18 +18,7 @@ SHIFTED = synth.SynthParams(series=10, windows_per_series=70, ar_coefficient=(0.
 
 
 def _windows(seed: int, params: synth.SynthParams) -> WindowSet:
-    from detector.codec import window_from_obj
-
-    ws = [window_from_obj(line) for line in synth.generate(seed, params)]
-    return WindowSet(
-        values=np.stack([w.values for w in ws]),
-        labels=np.stack([w.labels for w in ws]),  # type: ignore[misc]
-        series_ids=[w.series_id for w in ws],
-        window_ids=[w.window_id for w in ws],  # type: ignore[misc]
-        starts=[w.start for w in ws],
-        step_ms=[w.step_ms for w in ws],
-        event_types=[w.event_type for w in ws],
-    )
+    return from_windows([window_from_obj(line) for line in synth.generate(seed, params)], f"seed{seed}")
 
 
 @pytest.mark.slow
