@@ -37,11 +37,11 @@ def _say(text: str) -> None:
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="detector", prog_name="detector")
 def cli() -> None:
-    """Streaming event detection on Kafka telemetry: train, calibrate and evaluate LSTM detectors, and
-    score recordings with them.
+    """Streaming event detection on Kafka telemetry: train, calibrate and evaluate LSTM detectors, score
+    recordings with them, and serve them on Kafka.
 
     Start with `detector generate` for a labelled recording, then `train`, `calibrate`, `evaluate` and
-    `replay --offline`. Every command answers --help.
+    `replay --offline`; `detector broker` and `detector serve` run the daemon. Every command answers --help.
     """
 
 
@@ -274,6 +274,24 @@ def broker(host: str, port: int) -> None:
     from detector.broker import run_foreground
 
     code = run_foreground(host, port, say=_say)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@cli.command(context_settings=CONTEXT)
+@config_option
+def serve(config: Path | None) -> None:
+    """Run the scoring daemon: windows from kafka.input_topic -> scores to kafka.output_topic.
+
+    Everything comes from the settings (--config FILE and DETECTOR_* variables; the environment wins);
+    model.checkpoint (DETECTOR_MODEL__CHECKPOINT) is required. Bad input goes to kafka.dlq_topic with its
+    reason. Offsets are committed only after the outputs are acknowledged (at-least-once). SIGTERM or
+    Ctrl-C finishes the batch in hand, commits, leaves the group and exits 0. Logs are JSON lines on
+    stderr (console lines on a terminal).
+    """
+    from detector.serve.daemon import serve as run
+
+    code = run(_settings(config))
     if code:
         raise click.exceptions.Exit(code)
 

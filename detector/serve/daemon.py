@@ -1,0 +1,126 @@
+"""``detector serve``: settings -> logging -> checkpoint -> Kafka clients -> the runner, until a signal.
+
+SIGTERM or SIGINT asks the runner to stop (the batch in hand is finished, delivered and committed); the
+consumer then leaves its group and the process exits 0. A second signal exits at once (code 128 + N),
+committing nothing more: what was not committed is consumed again by the next owner.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import IO
+
+import numpy as np
+import structlog
+import torch
+
+from detector import __version__
+from detector.errors import ConfigError
+from detector.model import checkpoint
+from detector.scoring import Scorer
+from detector.serve.kafka_io import KafkaSink, KafkaSource, connect, make_producer
+from detector.serve.logs import configure_logging
+from detector.serve.runner import Runner, RunnerConfig
+from detector.settings import Settings, masked
+
+
+def runner_config(settings: Settings) -> RunnerConfig:
+    return RunnerConfig(
+        output_topic=settings.kafka.output_topic,
+        dlq_topic=settings.kafka.dlq_topic,
+        max_batch=settings.batch.max_size,
+        max_wait_s=settings.batch.max_wait_ms / 1000,
+        max_message_bytes=settings.limits.max_message_bytes,
+    )
+
+
+class StopSignals:
+    """SIGTERM / SIGINT handlers for the life of a ``with`` block: the first signal calls the stop
+    callbacks (which only set flags), a second one exits the process at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._callbacks: list[Callable[[], None]] = []
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+        if self.requested:
+            callback()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            os._exit(128 + signum)  # the operator insists; nothing uncommitted is lost, only re-read
+        self.received = signum
+        for callback in self._callbacks:
+            callback()
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def load_scorer(settings: Settings) -> Scorer:
+    path = settings.model.checkpoint
+    if path is None:
+        raise ConfigError("serve needs a checkpoint: set model.checkpoint (DETECTOR_MODEL__CHECKPOINT)")
+    ckpt = checkpoint.load(path)
+    torch.set_num_threads(settings.model.cpu_threads or max(1, (os.cpu_count() or 1) - 1))
+    try:
+        scorer = Scorer(ckpt, device=settings.model.device, precision=settings.model.precision)
+    except ValueError as err:  # cuda asked for on a machine without one
+        raise ConfigError(f"invalid setting model.device (DETECTOR_MODEL__DEVICE): {err}") from None
+    scorer.score(np.zeros((1, *scorer.shape), dtype=np.float32))  # warm up before the first real batch
+    return scorer
+
+
+def serve(settings: Settings, log_stream: IO[str] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the exit code (0 after a clean stop)."""
+    configure_logging(settings.log, log_stream)
+    log = structlog.get_logger("detector.serve")
+    log.info("starting", detector_version=__version__, pid=os.getpid(), settings=masked(settings))
+    scorer = load_scorer(settings)
+    ck = scorer.checkpoint
+    log.info(
+        "model loaded",
+        model_version=scorer.version,
+        checkpoint=str(settings.model.checkpoint),
+        window_length=ck.window_length,
+        features=ck.n_features,
+        calibration=ck.calibration_name,
+        threshold=float(ck.window.threshold),
+        step_head=ck.step is not None,
+        device=str(scorer.device),
+        cpu_threads=torch.get_num_threads(),
+    )
+    with StopSignals() as signals:
+        clients = connect(settings, stopping=lambda: signals.requested)
+        if clients is None:
+            log.info("stopped before the broker was reached")
+            return 0
+        consumer, producer = clients
+        source = KafkaSource(consumer, settings.kafka.input_topic)
+        sink = KafkaSink(lambda: make_producer(settings), producer)
+        runner = Runner(source, sink, scorer, runner_config(settings))
+        signals.on_stop(runner.request_stop)
+        log.info("serving", input_topic=settings.kafka.input_topic, group_id=settings.kafka.group_id)
+        try:
+            counts = runner.run()
+        finally:
+            source.close()
+            sink.close()
+        log.info("stopped", signal=signals.received, **counts.summary())
+    return 0

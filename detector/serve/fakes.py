@@ -1,0 +1,238 @@
+"""In-memory :class:`~detector.serve.messages.Source` and :class:`~detector.serve.messages.Sink`.
+
+For the runner's unit tests and for users testing their own set-up without a broker. They keep Kafka's
+semantics where the runner depends on them: per-partition offsets, commits of the next offset to read,
+re-reading from the last commit after a rebalance or a restart, and acknowledgements only on flush. Faults
+are scripted: polls that fail, flushes that acknowledge nothing, records refused for their size, commits
+that fail or are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from detector.serve.messages import (
+    CommitError,
+    Failure,
+    FlushResult,
+    Message,
+    OutRecord,
+    PartitionListener,
+    SourceError,
+    TopicPartition,
+)
+
+
+class MemorySource:
+    """A topic of ``partitions`` in-memory logs, read by one group member that holds all of them at start."""
+
+    def __init__(self, topic: str = "windows", partitions: int = 4, *, max_idle_sleep_s: float = 0.01) -> None:
+        self.topic = topic
+        self.logs: dict[TopicPartition, list[Message]] = {TopicPartition(topic, p): [] for p in range(partitions)}
+        self.committed: dict[TopicPartition, int] = {}
+        self.positions: dict[TopicPartition, int] = {}
+        self.assigned: set[TopicPartition] = set()
+        self.commits: list[dict[TopicPartition, int]] = []  # every successful commit, in order
+        self.polls = 0
+        self.closed = False
+        self.on_commit: Callable[[Mapping[TopicPartition, int]], None] | None = None  # called before a commit
+        self.max_idle_sleep_s = max_idle_sleep_s
+        self._listener: PartitionListener | None = None
+        self._scheduled: list[tuple[int | None, Callable[[], None]]] = []  # (poll number or None = next, action)
+        self._failing_polls = 0
+        self._failing_commits = 0
+
+    # -- filling and scripting --------------------------------------------------------------------------
+
+    def append(
+        self,
+        value: bytes | None,
+        *,
+        partition: int = 0,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        timestamp: int | None = None,
+    ) -> Message:
+        """Add a message at the end of a partition; its offset is the partition's next."""
+        tp = TopicPartition(self.topic, partition)
+        log = self.logs[tp]
+        ts = time.time_ns() // 1_000_000 if timestamp is None else timestamp
+        message = Message(self.topic, partition, len(log), key, value, tuple(headers), ts)
+        log.append(message)
+        return message
+
+    def append_json(self, obj: Any, *, partition: int = 0, **kwargs: Any) -> Message:
+        return self.append(msgspec.json.encode(obj), partition=partition, **kwargs)
+
+    def revoke(self, partitions: Iterable[int], at_poll: int | None = None) -> None:
+        """At the next poll (or poll number ``at_poll``), take these partitions away, to another member."""
+        self.rebalance(keep=None, revoke=partitions, at_poll=at_poll)
+
+    def rebalance(
+        self, keep: Iterable[int] | None, revoke: Iterable[int] | None = None, at_poll: int | None = None
+    ) -> None:
+        """An eager rebalance at the next poll (or poll ``at_poll``): every assigned partition (or those in
+        ``revoke``) is revoked, then those in ``keep`` are assigned again. As with Kafka, a kept partition
+        keeps its fetch position, unless the listener handed back a resume offset for it; the offsets handed
+        back are committed first (best effort)."""
+
+        def act() -> None:
+            gone = set(self.assigned) if revoke is None else {TopicPartition(self.topic, p) for p in revoke}
+            gone &= self.assigned
+            resume = dict(self._listener.on_revoked(gone)) if self._listener is not None else {}
+            if resume:
+                with contextlib.suppress(CommitError):  # best effort, as with Kafka
+                    self.commit(resume)
+            kept = {TopicPartition(self.topic, p) for p in keep or ()} & gone
+            for tp in gone - kept:
+                self.positions.pop(tp, None)
+            for tp in kept & set(resume):
+                self.positions[tp] = resume[tp]
+            self.assigned -= gone - kept
+            if kept and self._listener is not None:
+                self._listener.on_assigned(kept)
+
+        self._scheduled.append((at_poll, act))
+
+    def lose(self, partitions: Iterable[int], at_poll: int | None = None) -> None:
+        """At the next poll (or poll ``at_poll``), take these partitions away as an eviction does: no commit."""
+        tps = {TopicPartition(self.topic, p) for p in partitions}
+
+        def act() -> None:
+            self.assigned -= tps
+            for tp in tps:
+                self.positions.pop(tp, None)
+            if self._listener is not None:
+                self._listener.on_lost(tps)
+
+        self._scheduled.append((at_poll, act))
+
+    def assign(self, partitions: Iterable[int], at_poll: int | None = None) -> None:
+        """At the next poll (or poll ``at_poll``), give these partitions (back), read from their last commit."""
+        tps = {TopicPartition(self.topic, p) for p in partitions}
+
+        def act() -> None:
+            for tp in tps - self.assigned:
+                self.positions[tp] = self.committed.get(tp, 0)
+            self.assigned |= tps
+            if self._listener is not None:
+                self._listener.on_assigned(tps)
+
+        self._scheduled.append((at_poll, act))
+
+    def fail_polls(self, n: int) -> None:
+        """The next ``n`` polls raise SourceError (the broker is unreachable)."""
+        self._failing_polls = n
+
+    def fail_commits(self, n: int) -> None:
+        """The next ``n`` commits raise a retriable CommitError."""
+        self._failing_commits = n
+
+    def restart(self) -> None:
+        """Forget the member (as after a crash): a new start reads every partition from its last commit."""
+        self._listener = None
+        self.assigned = set()
+        self.positions = {}
+        self._scheduled.clear()
+        self.closed = False
+
+    def read(self, tp: TopicPartition) -> list[Message]:
+        return list(self.logs[tp])
+
+    # -- the Source protocol ----------------------------------------------------------------------------
+
+    def start(self, listener: PartitionListener) -> None:
+        self._listener = listener
+        self.assign(p.partition for p in self.logs)
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Message]:
+        self.polls += 1
+        due = [act for at, act in self._scheduled if at is None or at <= self.polls]
+        self._scheduled = [(at, act) for at, act in self._scheduled if not (at is None or at <= self.polls)]
+        for act in due:
+            act()
+        if self._failing_polls:
+            self._failing_polls -= 1
+            raise SourceError("broker unreachable (scripted)")
+        out: list[Message] = []
+        for tp in sorted(self.assigned):
+            log = self.logs[tp]
+            pos = self.positions.get(tp, 0)
+            take = log[pos : pos + max_records - len(out)]
+            out.extend(take)
+            self.positions[tp] = pos + len(take)
+            if len(out) >= max_records:
+                break
+        if not out:
+            time.sleep(min(timeout_s, self.max_idle_sleep_s))
+        return out
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if self._failing_commits:
+            self._failing_commits -= 1
+            raise CommitError("coordinator unreachable (scripted)", retriable=True)
+        foreign = set(offsets) - self.assigned
+        if foreign:
+            raise CommitError(f"not assigned: {sorted(foreign)}", retriable=False)
+        if self.on_commit is not None:
+            self.on_commit(offsets)
+        self.committed.update(offsets)
+        self.commits.append(dict(offsets))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class MemorySink:
+    """Keeps acknowledged records per topic. Faults: ``unreachable_flushes`` flushes acknowledge nothing;
+    records whose value exceeds ``max_value_bytes`` are refused for good."""
+
+    def __init__(self, *, max_value_bytes: int | None = None) -> None:
+        self.max_value_bytes = max_value_bytes
+        self.sent: list[OutRecord] = []  # every send, resends included
+        self.acked: list[OutRecord] = []  # acknowledged, in order
+        self.in_flight: list[OutRecord] = []
+        self.flushes = 0
+        self.unreachable_flushes = 0
+        self.closed = False
+        self.on_ack: Callable[[list[OutRecord]], None] | None = None
+
+    def send(self, record: OutRecord) -> None:
+        self.sent.append(record)
+        self.in_flight.append(record)
+
+    def flush(self, timeout_s: float) -> FlushResult:
+        self.flushes += 1
+        if self.unreachable_flushes:
+            self.unreachable_flushes -= 1
+            return FlushResult(unfinished=len(self.in_flight))
+        limit = self.max_value_bytes
+        too_large = [limit is not None and r.value is not None and len(r.value) > limit for r in self.in_flight]
+        refused = [r for r, big in zip(self.in_flight, too_large, strict=True) if big]
+        done = [r for r, big in zip(self.in_flight, too_large, strict=True) if not big]
+        self.in_flight = []
+        self.acked.extend(done)
+        if self.on_ack is not None:
+            self.on_ack(done)
+        return FlushResult(0, [Failure(r, True, "MessageSizeTooLarge (scripted)") for r in refused])
+
+    def close(self) -> None:
+        self.closed = True
+
+    def topic(self, name: str) -> list[OutRecord]:
+        """Acknowledged records of one topic, in order."""
+        return [r for r in self.acked if r.topic == name]
+
+    def values(self, name: str) -> list[Any]:
+        """Acknowledged JSON values of one topic, decoded."""
+        return [msgspec.json.decode(r.value) for r in self.topic(name) if r.value is not None]
+
+
+def headers_dict(record: OutRecord | Message) -> dict[str, bytes]:
+    """Headers as a dict (the last value of a repeated key wins)."""
+    return dict(record.headers)

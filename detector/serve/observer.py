@@ -1,0 +1,131 @@
+"""What the runner reports, in one place: a metrics exporter implements :class:`Observer` and is handed to
+the runner instead of (or next to) :class:`Counters`. The runner calls observers through
+:class:`SafeObserver`, so an observer that raises is logged once and never breaks the loop.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from detector.serve.messages import TopicPartition
+
+
+class Observer(Protocol):
+    def consumed(self, messages: int) -> None: ...
+
+    def dead_letter(self, reason: str) -> None: ...
+
+    def scored(self, windows: int, flagged: int, seconds: float, latencies_ms: Sequence[float]) -> None: ...
+
+    def batch_done(self, messages: int, seconds: float) -> None: ...
+
+    def committed(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+    def delivery_retry(self, unfinished: int, failures: int) -> None: ...
+
+    def dropped_on_revoke(self, messages: int) -> None: ...
+
+
+@dataclass
+class Counters:
+    """Running totals since start; what the daemon logs when it stops."""
+
+    consumed: int = 0
+    scored: int = 0
+    flagged: int = 0
+    batches: int = 0
+    commits: int = 0
+    delivery_retries: int = 0
+    dropped_on_revoke: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    batch_sizes: list[int] = field(default_factory=list)  # messages per completed batch, in order
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "consumed": self.consumed,
+            "scored": self.scored,
+            "flagged": self.flagged,
+            "dead_letters": dict(self.dead_letters),
+            "batches": self.batches,
+            "commits": self.commits,
+            "delivery_retries": self.delivery_retries,
+            "dropped_on_revoke": self.dropped_on_revoke,
+        }
+
+
+class CountingObserver:
+    """The default observer: keeps :class:`Counters` (the last ``keep_batches`` batch sizes)."""
+
+    def __init__(self, keep_batches: int = 1000) -> None:
+        self.counts = Counters()
+        self.keep_batches = keep_batches
+
+    def consumed(self, messages: int) -> None:
+        self.counts.consumed += messages
+
+    def dead_letter(self, reason: str) -> None:
+        self.counts.dead_letters[reason] += 1
+
+    def scored(self, windows: int, flagged: int, seconds: float, latencies_ms: Sequence[float]) -> None:
+        self.counts.scored += windows
+        self.counts.flagged += flagged
+
+    def batch_done(self, messages: int, seconds: float) -> None:
+        self.counts.batches += 1
+        sizes = self.counts.batch_sizes
+        sizes.append(messages)
+        if len(sizes) > self.keep_batches:
+            del sizes[: len(sizes) - self.keep_batches]
+
+    def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.counts.commits += 1
+
+    def delivery_retry(self, unfinished: int, failures: int) -> None:
+        self.counts.delivery_retries += 1
+
+    def dropped_on_revoke(self, messages: int) -> None:
+        self.counts.dropped_on_revoke += messages
+
+
+class SafeObserver:
+    """Calls every observer given; an exception is logged (once per observer and hook) and swallowed."""
+
+    def __init__(self, *observers: Observer) -> None:
+        self.observers = observers
+        self._failed: set[tuple[int, str]] = set()
+        self._log = structlog.get_logger("detector.serve")
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for i, observer in enumerate(self.observers):
+            try:
+                getattr(observer, hook)(*args)
+            except Exception as err:
+                if (i, hook) not in self._failed:
+                    self._failed.add((i, hook))
+                    self._log.error("observer failed", observer=type(observer).__name__, hook=hook, error=repr(err))
+
+    def consumed(self, messages: int) -> None:
+        self._call("consumed", messages)
+
+    def dead_letter(self, reason: str) -> None:
+        self._call("dead_letter", reason)
+
+    def scored(self, windows: int, flagged: int, seconds: float, latencies_ms: Sequence[float]) -> None:
+        self._call("scored", windows, flagged, seconds, latencies_ms)
+
+    def batch_done(self, messages: int, seconds: float) -> None:
+        self._call("batch_done", messages, seconds)
+
+    def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._call("committed", offsets)
+
+    def delivery_retry(self, unfinished: int, failures: int) -> None:
+        self._call("delivery_retry", unfinished, failures)
+
+    def dropped_on_revoke(self, messages: int) -> None:
+        self._call("dropped_on_revoke", messages)

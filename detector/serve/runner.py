@@ -1,0 +1,334 @@
+"""The one serving loop: poll -> micro-batch -> decode -> score -> produce -> flush -> commit.
+
+Written against the :class:`~detector.serve.messages.Source` and :class:`~detector.serve.messages.Sink`
+protocols, so Kafka, the in-memory fakes and the tests all run this same code; only the stop condition
+differs (a stop request, a message count, an idle timeout).
+
+What a caller may rely on:
+
+- At-least-once. :meth:`Runner._complete` is the only place that commits, and it commits a batch's offsets
+  only after every output and dead-letter record of that batch has been acknowledged by the sink. A crash
+  at any moment leaves every uncommitted message to be consumed again (with the same ``window_id``).
+- A batch closes when it holds ``max_batch`` messages or its first message has waited ``max_wait_s``.
+  It is decoded and scored by one model: :meth:`Runner.use_scorer` swaps the model between batches.
+- Bad input becomes a dead-letter record with its reason; it never raises out of the loop.
+- Rebalance: the unscored messages of revoked partitions are dropped, and nothing of theirs is produced
+  after the revocation. The runner hands the source, per revoked partition, the offset where its unfinished
+  work starts: the source commits it (only a commit that failed can be pending, as a batch is committed
+  once delivered) and, for a partition this member keeps, reads again from there; a new owner reads from
+  that commit.
+- Faults of the broker (poll, produce, commit) are retried with backoff and logged; they never end the loop.
+- :meth:`Runner.request_stop` only sets a flag (safe in a signal handler): the batch in hand is finished,
+  delivered and committed, then :meth:`Runner.run` returns. If its output cannot be delivered within
+  ``stop_grace_s`` the runner returns without committing it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from detector.codec import Window, encode_json
+from detector.errors import WindowError
+from detector.scoring import Scorer
+from detector.serve.decode import decode_message, series_id_hint
+from detector.serve.dlq import dead_letter
+from detector.serve.messages import CommitError, Message, OutRecord, Sink, Source, SourceError, TopicPartition
+from detector.serve.observer import Counters, CountingObserver, Observer, SafeObserver
+
+JSON_HEADERS = (("content-type", b"application/json"),)
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    output_topic: str
+    dlq_topic: str
+    max_batch: int = 256  # messages per micro-batch
+    max_wait_s: float = 0.02  # how long the first message of a batch may wait for the batch to fill
+    max_message_bytes: int = 1_048_576  # larger values are dead letters (`oversize`)
+    idle_poll_s: float = 0.25  # poll timeout while no batch is open: how soon a stop request is seen
+    flush_timeout_s: float = 5.0  # one wait for acknowledgements before the wait is logged and retried
+    backoff_s: tuple[float, float] = (0.25, 5.0)  # first and longest pause between retries of a broker fault
+    stop_grace_s: float = 5.0  # after a stop request: how long undelivered output is retried
+
+
+class Backoff:
+    """Exponential delays from ``first`` to ``longest``, reset by a success."""
+
+    def __init__(self, first: float, longest: float) -> None:
+        self.first, self.longest = first, longest
+        self.failures = 0
+
+    def next(self) -> float:
+        self.failures += 1
+        return min(self.longest, self.first * 2 ** (self.failures - 1))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Runner:
+    """Scores messages from ``source`` into ``sink`` with ``scorer``; see the module docstring."""
+
+    def __init__(
+        self,
+        source: Source,
+        sink: Sink,
+        scorer: Scorer,
+        config: RunnerConfig,
+        *,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        now_ms: Callable[[], int] = wall_ms,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.scorer = scorer
+        self.config = config
+        self._counting = CountingObserver()
+        self.observer = SafeObserver(self._counting, *([observer] if observer is not None else []))
+        self.clock = clock
+        self.now_ms = now_ms
+        self._sleep_fn = sleep
+        self.log = structlog.get_logger("detector.serve")
+        self._batch: list[Message] = []
+        self._opened_at = 0.0
+        self._stop_at: float | None = None
+        self._next_scorer: Scorer | None = None
+        self._uncommitted: dict[TopicPartition, int] = {}  # delivered, not yet committed (a commit failed)
+        self._commit_retry_at = 0.0
+        self._poll_backoff = Backoff(*config.backoff_s)
+        self._commit_backoff = Backoff(*config.backoff_s)
+
+    @property
+    def counts(self) -> Counters:
+        return self._counting.counts
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_at is not None
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand and return from :meth:`run`. Only sets a flag: safe in a signal handler."""
+        if self._stop_at is None:
+            self._stop_at = self.clock()
+
+    def use_scorer(self, scorer: Scorer) -> None:
+        """Score with ``scorer`` from the next batch on (a batch is never scored by two models)."""
+        self._next_scorer = scorer
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    def run(self, *, max_messages: int | None = None, idle_timeout_s: float | None = None) -> Counters:
+        """Serve until a stop request, or ``max_messages`` consumed, or ``idle_timeout_s`` without input."""
+        cfg = self.config
+        self.source.start(self)
+        consumed = 0
+        idle_since = self.clock()
+        while not self.stopping and (max_messages is None or consumed < max_messages):
+            room = cfg.max_batch - len(self._batch)
+            if max_messages is not None:
+                room = min(room, max_messages - consumed)
+            messages = self._poll(room)
+            now = self.clock()
+            if messages:
+                if not self._batch:
+                    self._opened_at = now
+                self._batch.extend(messages)
+                consumed += len(messages)
+                idle_since = now
+                self.observer.consumed(len(messages))
+            full = len(self._batch) >= cfg.max_batch or (max_messages is not None and consumed >= max_messages)
+            if self._batch and (full or now - self._opened_at >= cfg.max_wait_s):
+                self._complete()
+            elif not self._batch and self._uncommitted and now >= self._commit_retry_at:
+                self._commit({})
+            if idle_timeout_s is not None and now - idle_since >= idle_timeout_s:
+                break
+        if self._batch:
+            self._complete()
+        if self._uncommitted:
+            self._commit({})
+        return self.counts
+
+    def _poll(self, room: int) -> list[Message]:
+        if self._batch:
+            timeout = max(0.0, self._opened_at + self.config.max_wait_s - self.clock())
+        else:
+            timeout = self.config.idle_poll_s
+        try:
+            messages = self.source.poll(timeout, room)
+        except SourceError as err:
+            delay = self._poll_backoff.next()
+            self.log.warning("poll failed; retrying", error=str(err), retry_in_s=delay)
+            self._sleep(delay)
+            return []
+        if self._poll_backoff.failures:
+            self.log.info("polling again", after_failures=self._poll_backoff.failures)
+            self._poll_backoff.reset()
+        return messages
+
+    def _complete(self) -> None:
+        """Close the batch in hand: decode, score, produce, flush, then commit. The only commit path."""
+        batch, self._batch = self._batch, []
+        started = self.clock()
+        if self._next_scorer is not None:
+            self.scorer, self._next_scorer = self._next_scorer, None
+        records = self._records(batch, self.scorer)
+        if not self._deliver(records):
+            return  # stopping with output unacknowledged: no commit, the batch will be consumed again
+        offsets: dict[TopicPartition, int] = {}
+        for message in batch:
+            offsets[message.tp] = max(offsets.get(message.tp, 0), message.offset + 1)
+        self._commit(offsets)
+        self.observer.batch_done(len(batch), self.clock() - started)
+
+    # -- decode and score -------------------------------------------------------------------------------
+
+    def _records(self, batch: list[Message], scorer: Scorer) -> list[OutRecord]:
+        cfg = self.config
+        windows: list[Window] = []
+        sources: list[Message] = []
+        dead: list[OutRecord] = []
+        for message in batch:
+            try:
+                window = decode_message(message, scorer.shape, cfg.max_message_bytes)
+            except WindowError as err:
+                dead.append(dead_letter(message, err, cfg.dlq_topic))
+                self.observer.dead_letter(err.reason)
+                self.log.warning(
+                    "dead letter",
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    series_id=series_id_hint(message, cfg.max_message_bytes),
+                    reason=err.reason,
+                    detail=err.detail,
+                )
+                continue
+            windows.append(window)
+            sources.append(message)
+        if not windows:
+            return dead
+        started = self.clock()
+        scores = scorer.score(np.stack([w.values for w in windows]))
+        scored_at = self.now_ms()
+        latency = [float(scored_at - m.timestamp) if m.timestamp >= 0 else 0.0 for m in sources]
+        ids: list[str | int] = [
+            w.window_id if w.window_id is not None else f"{m.topic}/{m.partition}/{m.offset}"
+            for w, m in zip(windows, sources, strict=True)
+        ]
+        outputs = scorer.records(windows, scores, ids, [scored_at] * len(windows), latency)
+        flagged = int(scores.flag.sum())
+        self.observer.scored(len(windows), flagged, self.clock() - started, latency)
+        self.log.debug("batch scored", windows=len(windows), flagged=flagged, dead_letters=len(dead))
+        produced = [
+            OutRecord(cfg.output_topic, record["series_id"].encode(), encode_json(record), JSON_HEADERS)
+            for record in outputs
+        ]
+        return produced + dead
+
+    # -- deliver and commit -----------------------------------------------------------------------------
+
+    def _deliver(self, records: list[OutRecord]) -> bool:
+        """Send and wait until the sink acknowledges every record; False only when giving up on stop."""
+        for record in records:
+            self.sink.send(record)
+        backoff = Backoff(*self.config.backoff_s)
+        while True:
+            result = self.sink.flush(self.config.flush_timeout_s)
+            if result.complete:
+                if backoff.failures:
+                    self.log.info("output delivered", after_retries=backoff.failures)
+                return True
+            self.observer.delivery_retry(result.unfinished, len(result.failures))
+            for failure in result.failures:
+                fallback = failure.record.fallback
+                if failure.permanent and fallback is not None:
+                    self.log.warning("record refused by the broker; sending its fallback", error=failure.error)
+                    self.sink.send(fallback)
+                else:
+                    self.sink.send(failure.record)
+            delay = backoff.next()
+            errors = sorted({f.error for f in result.failures})[:3]
+            self.log.warning(
+                "output not acknowledged yet; retrying",
+                unfinished=result.unfinished,
+                failed=len(result.failures),
+                errors=errors,
+                retry_in_s=delay,
+            )
+            if self._stop_at is not None and self.clock() - self._stop_at > self.config.stop_grace_s:
+                self.log.error("stopping with output unacknowledged: its input is not committed and will be read again")
+                return False
+            self._sleep(delay, wake_on_stop=self._stop_at is None)
+
+    def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit ``offsets`` together with any earlier commit that failed; failures are kept for a retry."""
+        for tp, offset in offsets.items():
+            self._uncommitted[tp] = max(self._uncommitted.get(tp, 0), offset)
+        if not self._uncommitted:
+            return
+        try:
+            self.source.commit(dict(self._uncommitted))
+        except CommitError as err:
+            if not err.retriable:
+                self.log.warning("commit refused: the group has rebalanced", error=str(err))
+                self._uncommitted.clear()
+                return
+            delay = self._commit_backoff.next()
+            self._commit_retry_at = self.clock() + delay
+            self.log.warning("commit failed; retrying", error=str(err), retry_in_s=delay)
+            return
+        self._commit_backoff.reset()
+        self.observer.committed(dict(self._uncommitted))
+        self._uncommitted.clear()
+
+    # -- rebalance (called by the source from inside poll) ----------------------------------------------
+
+    def on_revoked(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, int]:
+        """Drop the unscored messages of these partitions; where each one's unfinished work starts."""
+        revoked = set(partitions)
+        resume = {tp: offset for tp, offset in self._uncommitted.items() if tp in revoked}
+        for message in self._batch:  # batches are contiguous: a dropped message starts where delivery stopped
+            if message.tp in revoked:
+                resume[message.tp] = min(resume.get(message.tp, message.offset), message.offset)
+        self._forget(revoked, "partitions revoked")
+        return resume
+
+    def on_lost(self, partitions: Collection[TopicPartition]) -> None:
+        self._forget(set(partitions), "partitions lost")
+
+    def _forget(self, partitions: set[TopicPartition], event: str) -> None:
+        """Drop the unscored messages and pending commits of partitions that are no longer ours."""
+        for tp in partitions:
+            self._uncommitted.pop(tp, None)
+        keep = [m for m in self._batch if m.tp not in partitions]
+        dropped = len(self._batch) - len(keep)
+        self._batch = keep
+        if dropped:
+            self.observer.dropped_on_revoke(dropped)
+        if partitions:
+            self.log.info(event, partitions=_names(partitions), dropped_unscored=dropped)
+
+    def on_assigned(self, partitions: Collection[TopicPartition]) -> None:
+        self.log.info("partitions assigned", partitions=_names(partitions))
+
+    def _sleep(self, seconds: float, wake_on_stop: bool = True) -> None:
+        """Sleep, waking early for a stop request (when ``wake_on_stop``)."""
+        end = self.clock() + seconds
+        while not (wake_on_stop and self.stopping) and (left := end - self.clock()) > 0:
+            self._sleep_fn(min(left, 0.1))
+
+
+def _names(partitions: Collection[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}/{tp.partition}" for tp in sorted(partitions)]

@@ -1,0 +1,73 @@
+"""KafkaSource in a real consumer group: a rebalance commits what the runner hands back on revoke, and a
+partition kept through the rebalance is read again from that commit (no message skipped)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection
+
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KafkaTopicPartition
+
+from detector.broker import EmbeddedBroker
+from detector.serve.kafka_io import KafkaSource
+from detector.serve.messages import Message, TopicPartition
+from tests.integration.kafka_helpers import Topics, produce
+
+GROUP = {"enable_auto_commit": False, "session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.assignments: list[set[TopicPartition]] = []
+
+    def on_revoked(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, 7)  # "delivered up to 7, not yet committed"
+
+    def on_lost(self, partitions: Collection[TopicPartition]) -> None:
+        raise AssertionError(f"lost {partitions}")
+
+    def on_assigned(self, partitions: Collection[TopicPartition]) -> None:
+        self.assignments.append(set(partitions))
+
+
+def test_revocation_commits_handed_back_offsets_and_kept_partitions_resume_from_them(
+    broker: EmbeddedBroker, topics: Topics
+):
+    """Offsets returned by on_revoked are committed before the partitions go; the partitions this member
+    keeps are read again from those offsets."""
+    bootstrap = broker.bootstrap_servers
+    produce(bootstrap, topics.input, [(f"k{i}".encode(), f"v{i}".encode(), []) for i in range(200)])
+    listener = Listener()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=topics.group, auto_offset_reset="earliest", **GROUP)
+    source = KafkaSource(consumer, topics.input)
+    source.start(listener)
+    read: list[Message] = []
+    deadline = time.monotonic() + 60
+    while len(read) < 200 and time.monotonic() < deadline:
+        read.extend(source.poll(0.2, 500))
+    assert len(read) == 200
+
+    other = KafkaConsumer(bootstrap_servers=bootstrap, group_id=topics.group, **GROUP)
+    other.subscribe([topics.input])
+    stop = threading.Event()
+    member = threading.Thread(target=lambda: [other.poll(200) for _ in iter(stop.is_set, True)])
+    member.start()
+    again: list[Message] = []
+    try:
+        deadline = time.monotonic() + 60
+        while (len(listener.assignments) < 2 or not again) and time.monotonic() < deadline:
+            again.extend(source.poll(0.2, 500))
+    finally:
+        stop.set()
+        member.join()
+        other.close()
+    kept = listener.assignments[-1]
+    assert kept
+    assert len(kept) < 4
+    assert {m.tp for m in again} <= kept
+    assert min(m.offset for m in again) == 7
+    committed = {p: consumer.committed(KafkaTopicPartition(topics.input, p)) for p in range(4)}
+    assert all(offset is not None and offset >= 7 for offset in committed.values())
+    source.close()
