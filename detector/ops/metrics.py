@@ -1,0 +1,235 @@
+"""Every Prometheus metric of detector, defined once, and the observer that feeds them.
+
+How the loop is meant to call it:
+
+- The daemon builds one ``PrometheusObserver()`` and passes it as ``Runner(..., observer=metrics)``. The
+  runner then calls the :class:`~detector.serve.observer.Observer` hooks through ``SafeObserver``:
+  ``consumed`` after each poll, ``dead_letter`` per bad message, ``scored`` once per batch after scoring,
+  ``batch_done`` once per batch after its output was acknowledged and committed, ``committed``,
+  ``delivery_retry`` and ``dropped_on_revoke`` as they happen.
+- The rest is called by the daemon around the runner, from any thread: ``model_loaded(version)`` at start
+  and whenever the runner swaps in a new scorer; ``reloaded(outcome.result)`` from the
+  ``CheckpointWatcher``'s ``on_result``; ``set_consumer_lag({tp: lag})`` every few seconds with the lag of
+  every partition currently assigned (partitions left out are removed); ``alert_transitions(raised,
+  cleared)`` after the ``AlertTracker`` has run on a batch.
+- ``registry`` is what ``detector.ops.http.OpsServer`` serves on ``/metrics``.
+
+What a caller may rely on: no method raises (a failure is logged once per method and swallowed), each
+instance has its own ``CollectorRegistry`` (never the global one, so tests can build several), and the
+families exposed are exactly :data:`METRIC_NAMES` (documented in docs/metrics.md).
+
+End-to-end latency is measured from the input record's broker timestamp to the acknowledgement of its
+output: the runner reports latencies up to scoring time in ``scored``; ``batch_done`` (called once the
+batch's output is acknowledged) adds the time since then. A record without a broker timestamp is reported
+by the runner as 0 and counted as such.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Concatenate, ParamSpec
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:  # only a type here: importing this module needs nothing of detector.serve
+    from detector.serve.messages import TopicPartition
+
+# The family names as a scrape shows them in its `# TYPE` lines (counters with `_total`; a histogram's
+# samples add `_bucket`, `_sum`, `_count`). Dashboards and alert rules rely on these: keep them stable.
+METRIC_NAMES: tuple[str, ...] = (
+    "detector_windows_consumed_total",
+    "detector_windows_scored_total",
+    "detector_windows_flagged_total",
+    "detector_dead_letters_total",
+    "detector_batch_size_messages",
+    "detector_inference_seconds",
+    "detector_end_to_end_latency_seconds",
+    "detector_consumer_lag_messages",
+    "detector_model_info",
+    "detector_reloads_total",
+    "detector_commits_total",
+    "detector_delivery_retries_total",
+    "detector_dropped_on_revoke_total",
+    "detector_alert_transitions_total",
+)
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+RELOAD_RESULTS = ("ok", "rejected")
+ALERT_STATES = ("raised", "cleared")
+
+_P = ParamSpec("_P")
+
+
+def _never_raises(
+    method: Callable[Concatenate[PrometheusObserver, _P], None],
+) -> Callable[Concatenate[PrometheusObserver, _P], None]:
+    """A metrics failure must never reach the loop: log it once per method, then stay quiet."""
+
+    @functools.wraps(method)
+    def safe(self: PrometheusObserver, *args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception as err:
+            if method.__name__ not in self._failed:
+                self._failed.add(method.__name__)
+                self._log.error("metrics update failed", method=method.__name__, error=repr(err))
+
+    return safe
+
+
+class PrometheusObserver:
+    """The runner's :class:`~detector.serve.observer.Observer` for Prometheus, plus lag, model and reloads.
+
+    ``clock`` (monotonic seconds) is only used to time the span from scoring to acknowledgement.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failed: set[str] = set()
+        self._log = structlog.get_logger("detector.ops.metrics")
+        self._pending_latency: tuple[float, list[float]] | None = None  # (scored at, seconds), until batch_done
+        self._lag_partitions: set[tuple[str, str]] = set()
+        self._model_version: str | None = None
+        r = self.registry
+        self.windows_consumed = Counter(
+            "detector_windows_consumed", "Input messages consumed (valid or not).", registry=r
+        )
+        self.windows_scored = Counter("detector_windows_scored", "Windows scored by the model.", registry=r)
+        self.windows_flagged = Counter(
+            "detector_windows_flagged", "Scored windows whose probability reached the threshold.", registry=r
+        )
+        self.dead_letters = Counter(
+            "detector_dead_letters", "Input messages sent to the dead-letter topic, by reason.", ["reason"], registry=r
+        )
+        self.batch_size = Histogram(
+            "detector_batch_size_messages",
+            "Messages per completed micro-batch (dead letters included).",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "detector_inference_seconds",
+            "Time to score one batch: normalise, forward, calibrate, threshold, build records.",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "detector_end_to_end_latency_seconds",
+            "From the input record's broker timestamp to the acknowledgement of its output record.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "detector_consumer_lag_messages",
+            "Messages on the partition not yet consumed by this member (high watermark - position).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "detector_model_info",
+            "The serving model: 1 for its version (checkpoint content hash).",
+            ["version"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "detector_reloads", "New checkpoint files tried, by result (ok, rejected).", ["result"], registry=r
+        )
+        self.commits = Counter("detector_commits", "Offset commits that succeeded.", registry=r)
+        self.delivery_retries = Counter(
+            "detector_delivery_retries", "Waits for output acknowledgements that had to be retried.", registry=r
+        )
+        self.revoked_unscored = Counter(
+            "detector_dropped_on_revoke",
+            "Consumed, unscored messages dropped because their partition was revoked (re-read by the new owner).",
+            registry=r,
+        )
+        self.alert_transitions_total = Counter(
+            "detector_alert_transitions", "Alert transitions produced, by state.", ["state"], registry=r
+        )
+        # Series that exist from the start, so that rate() and absent() work before the first event.
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result=result)
+        for state in ALERT_STATES:
+            self.alert_transitions_total.labels(state=state)
+
+    # -- the Observer protocol (called by the runner through SafeObserver) -------------------------------
+
+    @_never_raises
+    def consumed(self, messages: int) -> None:
+        self.windows_consumed.inc(max(0, messages))
+
+    @_never_raises
+    def dead_letter(self, reason: str) -> None:
+        self.dead_letters.labels(reason=reason).inc()
+
+    @_never_raises
+    def scored(self, windows: int, flagged: int, seconds: float, latencies_ms: Sequence[float]) -> None:
+        self.windows_scored.inc(max(0, windows))
+        self.windows_flagged.inc(max(0, flagged))
+        self.inference_seconds.observe(max(0.0, seconds))
+        # one batch is scored once; its latencies wait for the acknowledgement (batch_done)
+        self._pending_latency = (self._clock(), [ms / 1000.0 for ms in latencies_ms])
+
+    @_never_raises
+    def batch_done(self, messages: int, seconds: float) -> None:
+        self.batch_size.observe(max(0, messages))
+        pending, self._pending_latency = self._pending_latency, None
+        if pending is not None:
+            scored_at, latencies = pending
+            since_scored = max(0.0, self._clock() - scored_at)
+            for latency in latencies:
+                self.end_to_end_latency.observe(max(0.0, latency + since_scored))
+
+    @_never_raises
+    def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.commits.inc()
+
+    @_never_raises
+    def delivery_retry(self, unfinished: int, failures: int) -> None:
+        self.delivery_retries.inc()
+
+    @_never_raises
+    def dropped_on_revoke(self, messages: int) -> None:
+        self.revoked_unscored.inc(max(0, messages))
+
+    # -- reported by the daemon around the runner ---------------------------------------------------------
+
+    @_never_raises
+    def set_consumer_lag(self, lags: Mapping[TopicPartition, int]) -> None:
+        """The lag of every partition this member owns now; partitions not given are removed."""
+        with self._lock:
+            current = {(str(topic), str(partition)) for topic, partition in lags}
+            for gone_topic, gone_partition in self._lag_partitions - current:
+                self.consumer_lag.remove(gone_topic, gone_partition)
+            for (topic, partition), lag in lags.items():
+                self.consumer_lag.labels(topic=str(topic), partition=str(partition)).set(max(0, lag))
+            self._lag_partitions = current
+
+    @_never_raises
+    def model_loaded(self, version: str) -> None:
+        """``version`` serves from now on; only it reads 1 in ``detector_model_info``."""
+        with self._lock:
+            self.model_info.labels(version=version).set(1)
+            if self._model_version is not None and self._model_version != version:
+                self.model_info.remove(self._model_version)
+            self._model_version = version
+
+    @_never_raises
+    def reloaded(self, result: str) -> None:
+        """One new checkpoint file tried: ``ok`` (validated, handed to the loop) or ``rejected``."""
+        if result not in RELOAD_RESULTS:
+            raise ValueError(f"reload result {result!r} is not one of {RELOAD_RESULTS}")
+        self.reloads.labels(result=result).inc()
+
+    @_never_raises
+    def alert_transitions(self, raised: int, cleared: int) -> None:
+        self.alert_transitions_total.labels(state="raised").inc(max(0, raised))
+        self.alert_transitions_total.labels(state="cleared").inc(max(0, cleared))

@@ -1,0 +1,299 @@
+"""Hot reload: a new checkpoint file is loaded and validated off the hot path, then taken between batches.
+
+How the loop is meant to call it:
+
+- The daemon, after loading the first scorer, builds ``CheckpointWatcher(settings.model.checkpoint,
+  settings.reload.poll_seconds, scorer.shape, settings.model.device, settings.model.precision,
+  on_result=lambda outcome: metrics.reloaded(outcome.result), serving_version=scorer.version)``, calls
+  ``start()``, and ``close()`` after the runner has returned.
+- The runner calls ``take()`` between batches (where ``Runner._complete`` applies its next scorer, before
+  decoding the batch); a scorer it returns scores that whole batch and every later one. The runner then
+  reports the new version (``metrics.model_loaded``, ``health.set_model``). ``take()`` never blocks on a
+  load: loading, validating and probing run on the watcher's own thread.
+
+What a caller may rely on:
+
+- The file is read once into bytes; those same bytes are hashed (SHA-256), parsed and validated, so a file
+  replaced mid-read is never half-served (writers replace it atomically by rename; a non-atomic writer's
+  half-written file fails validation and its completed content is tried at the next poll).
+- A cheap ``stat`` check skips unchanged files between polls, but the content hash decides what is new:
+  every ``full_check_every`` polls the file is hashed even when its ``stat`` looks unchanged.
+- A new file must load (:func:`detector.model.checkpoint.from_bytes`), take windows of the serving shape
+  (T, F), build a scorer on the configured device, and score a fixed probe batch to finite probabilities
+  in [0, 1]. Only then is it offered to ``take()``; ``on_result`` hears ``ok``.
+- A file that fails any step is rejected: logged with the step and reason, ``on_result`` hears
+  ``rejected`` (once per distinct content), the old model keeps serving, and the same content (same hash)
+  is never tried again until the file changes. A missing or unreadable file is logged once (again only
+  after it has been readable in between), never counted as a rejection.
+- Content equal to the serving version is not reloaded; if the file goes back to the serving version
+  while a validated newer one waits to be taken, that one is dropped (the file on disk wins).
+- ``on_result`` is called from the watcher's thread; an exception in it is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import structlog
+
+from detector.model import checkpoint
+from detector.scoring import Scorer
+
+Stage = Literal["load", "shape", "scorer", "probe"]
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What became of one new checkpoint content: accepted (offered to ``take()``) or rejected, and why."""
+
+    path: str
+    version: str  # the content version (model_version) of the bytes tried
+    accepted: bool
+    stage: Stage | None = None  # the step that failed, for a rejection
+    reason: str | None = None  # one line, for a rejection
+
+    @property
+    def result(self) -> Literal["ok", "rejected"]:
+        """The ``result`` label of ``detector_reloads_total``."""
+        return "ok" if self.accepted else "rejected"
+
+
+class _Rejected(Exception):
+    def __init__(self, stage: Stage, reason: str) -> None:
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+
+
+def probe_batch(n: int, length: int, features: int) -> np.ndarray:
+    """A fixed batch (n, T, F) of distinct finite windows: flat, noise around a huge offset, noise, a random
+    walk, a sine with a spike, a level shift, tiny noise, a ramp; repeated with an offset beyond eight."""
+    rng = np.random.default_rng(20240601)
+    shape = (length, features)
+    t = np.arange(length, dtype=np.float64)[:, None]
+    kinds = [
+        lambda: np.zeros(shape),
+        lambda: 1e6 + rng.normal(0.0, 1.0, shape),
+        lambda: rng.normal(0.0, 1.0, shape),
+        lambda: np.cumsum(rng.normal(0.0, 1.0, shape), axis=0),
+        lambda: np.sin(t / 3.0) + 0.1 * rng.normal(0.0, 1.0, shape) + (t == length // 2) * 25.0,
+        lambda: (t >= length // 2) * 8.0 + 0.1 * rng.normal(0.0, 1.0, shape),
+        lambda: 1e-6 * rng.normal(0.0, 1.0, shape),
+        lambda: np.broadcast_to(t, shape) * 0.5,
+    ]
+    windows = [kinds[i % len(kinds)]() + 10.0 * (i // len(kinds)) for i in range(n)]
+    return np.stack(windows).astype(np.float32)
+
+
+class CheckpointWatcher:
+    """Watches one checkpoint file; see the module docstring for what callers may rely on."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        poll_seconds: float,
+        expected_shape: tuple[int, int],
+        device: str = "cpu",
+        precision: str = "fp32",
+        on_result: Callable[[ReloadOutcome], None] | None = None,
+        *,
+        serving_version: str | None = None,
+        probe_size: int = 8,
+        full_check_every: int = 12,
+    ) -> None:
+        if poll_seconds <= 0:
+            raise ValueError("poll_seconds must be > 0")
+        self.path = Path(path)
+        self.poll_seconds = poll_seconds
+        self.expected_shape = (int(expected_shape[0]), int(expected_shape[1]))
+        self.device = device
+        self.precision = precision
+        self.on_result = on_result
+        self.full_check_every = max(1, full_check_every)
+        self._probe = probe_batch(probe_size, *self.expected_shape)
+        self._log = structlog.get_logger("detector.ops.reload")
+        self._lock = threading.Lock()  # _pending and _serving_version, shared with the loop's take()
+        self._poll_lock = threading.Lock()  # one poll at a time
+        self._pending: Scorer | None = None
+        self._serving_version = serving_version
+        self._stat_key: tuple[int, ...] | None = None
+        self._last_digest: str | None = None
+        self._polls = 0
+        self._unreadable: str | None = None  # the last "cannot read" reason logged, until readable again
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_errors: set[str] = set()
+
+    @property
+    def serving_version(self) -> str | None:
+        """The version the loop serves, as far as the watcher knows (updated by ``take()``)."""
+        with self._lock:
+            return self._serving_version
+
+    @property
+    def polls(self) -> int:
+        """How many polls have run (for tests and debugging)."""
+        return self._polls
+
+    # -- the loop's side ----------------------------------------------------------------------------------
+
+    def take(self) -> Scorer | None:
+        """The validated scorer waiting to be swapped in, once; None when there is none. Never blocks long."""
+        with self._lock:
+            scorer, self._pending = self._pending, None
+            previous = self._serving_version
+            if scorer is not None:
+                self._serving_version = scorer.version
+        if scorer is not None:
+            self._log.info("model swapped in", model_version=scorer.version, previous_version=previous)
+        return scorer
+
+    # -- the watcher's side -------------------------------------------------------------------------------
+
+    def start(self) -> CheckpointWatcher:
+        """Poll on a daemon thread (first poll at once, then every ``poll_seconds``); returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="detector-reload", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop polling; waits up to ``timeout`` for a validation in progress to finish. Idempotent."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception as err:  # never let the watcher die; log each distinct fault once
+                if repr(err) not in self._thread_errors:
+                    self._thread_errors.add(repr(err))
+                    self._log.error("checkpoint watch failed", path=str(self.path), error=repr(err))
+            self._stop.wait(self.poll_seconds)
+
+    def poll_once(self) -> ReloadOutcome | None:
+        """Check the file once; the outcome when new content was tried, else None. Thread-safe."""
+        with self._poll_lock:
+            self._polls += 1
+            try:
+                st = os.stat(self.path)
+                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                if key == self._stat_key and self._polls % self.full_check_every != 0:
+                    return None
+                data = self.path.read_bytes()
+            except OSError as err:
+                self._cannot_read(err)
+                return None
+            if self._unreadable is not None:
+                self._log.info("checkpoint file readable again", path=str(self.path))
+                self._unreadable = None
+            self._stat_key = key
+            digest = hashlib.sha256(data).hexdigest()
+            if digest == self._last_digest:
+                return None
+            self._last_digest = digest
+            version = checkpoint.content_version(data)
+            with self._lock:
+                if version == self._serving_version:
+                    if self._pending is not None:
+                        self._log.info(
+                            "checkpoint file back at the serving version; dropping the one not yet swapped in",
+                            model_version=version,
+                            dropped_version=self._pending.version,
+                        )
+                        self._pending = None
+                    return None
+            outcome = self._try(data, version)
+        self._report(outcome)
+        return outcome
+
+    def _cannot_read(self, err: OSError) -> None:
+        reason = "missing" if isinstance(err, FileNotFoundError) else (err.strerror or type(err).__name__)
+        self._stat_key = None  # read it again as soon as it is back
+        if reason != self._unreadable:
+            self._unreadable = reason
+            self._log.warning(
+                "checkpoint file cannot be read; the serving model stays",
+                path=str(self.path),
+                reason=reason,
+                serving_version=self.serving_version,
+            )
+
+    def _try(self, data: bytes, version: str) -> ReloadOutcome:
+        try:
+            scorer = self._validate(data)
+        except _Rejected as rejected:
+            return ReloadOutcome(str(self.path), version, False, rejected.stage, rejected.reason)
+        with self._lock:
+            self._pending = scorer
+        return ReloadOutcome(str(self.path), version, True)
+
+    def _validate(self, data: bytes) -> Scorer:
+        """A scorer for these bytes, or _Rejected with the step that failed."""
+        try:
+            ckpt = checkpoint.from_bytes(data, name=str(self.path))
+        except Exception as err:  # CheckpointError by contract; anything else is just as fatal to this file
+            raise _Rejected("load", _one_line(err)) from None
+        shape = (ckpt.window_length, ckpt.n_features)
+        if shape != self.expected_shape:
+            raise _Rejected(
+                "shape",
+                f"checkpoint takes windows of {shape[0]} steps x {shape[1]} features, "
+                f"the serving model (and the topic) {self.expected_shape[0]} x {self.expected_shape[1]}",
+            )
+        try:
+            scorer = Scorer(ckpt, device=self.device, precision=self.precision)
+        except Exception as err:
+            raise _Rejected("scorer", f"cannot build a scorer on {self.device}: {_one_line(err)}") from None
+        try:
+            scores = scorer.score(self._probe)
+        except Exception as err:
+            raise _Rejected("probe", f"scoring the probe batch failed: {_one_line(err)}") from None
+        for name, values in (
+            ("window logits", scores.window_logit),
+            ("probabilities", scores.probability),
+            ("step probabilities", scores.step_probability),
+        ):
+            if values is not None and not np.all(np.isfinite(values)):
+                raise _Rejected("probe", f"the probe batch scored to non-finite {name}")
+        for name, values in (("probabilities", scores.probability), ("step probabilities", scores.step_probability)):
+            if values is not None and not np.all((values >= 0.0) & (values <= 1.0)):
+                raise _Rejected("probe", f"the probe batch scored to {name} outside [0, 1]")
+        return scorer
+
+    def _report(self, outcome: ReloadOutcome) -> None:
+        if outcome.accepted:
+            self._log.info(
+                "checkpoint validated; it takes over between batches",
+                path=outcome.path,
+                model_version=outcome.version,
+                serving_version=self.serving_version,
+            )
+        else:
+            self._log.warning(
+                "checkpoint rejected; the serving model stays",
+                path=outcome.path,
+                model_version=outcome.version,
+                stage=outcome.stage,
+                reason=outcome.reason,
+                serving_version=self.serving_version,
+            )
+        if self.on_result is not None:
+            try:
+                self.on_result(outcome)
+            except Exception as err:
+                self._log.error("reload callback failed", error=repr(err))
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__

@@ -1,0 +1,156 @@
+"""The operations HTTP server, over real requests: /metrics, /healthz, /readyz, 404, failures and close."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
+
+from detector.errors import ConfigError
+from detector.ops.http import Health, OpsServer
+from detector.ops.metrics import METRIC_NAMES, PrometheusObserver
+from detector.serve.messages import TopicPartition
+from tests.test_ops_metrics import FakeClock, families, value
+
+
+def get(url: str) -> tuple[int, str, str]:
+    """(status, content type, body) of a GET, whatever the status."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def health(clock: FakeClock) -> Health:
+    return Health(stale_after_s=30, clock=clock)
+
+
+@pytest.fixture
+def metrics() -> PrometheusObserver:
+    return PrometheusObserver()
+
+
+@pytest.fixture
+def server(metrics: PrometheusObserver, health: Health) -> Iterator[OpsServer]:
+    with OpsServer("127.0.0.1", 0, metrics.registry, health) as srv:
+        yield srv
+
+
+def test_metrics_endpoint_serves_every_family_with_its_values(server, metrics):
+    """GET /metrics answers Prometheus text with every METRIC_NAMES family and the values fed."""
+    metrics.consumed(4)
+    metrics.dead_letter("bad_shape")
+    metrics.set_consumer_lag({TopicPartition("windows", 2): 17})
+    metrics.model_loaded("0123456789abcdef")
+    metrics.reloaded("rejected")
+    status, content_type, body = get(server.url + "/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain; version=0.0.4")
+    scrape = families(body)
+    assert set(METRIC_NAMES) <= set(scrape)
+    assert value(scrape["detector_windows_consumed_total"], "detector_windows_consumed_total") == 4
+    dlq = scrape["detector_dead_letters_total"]
+    assert value(dlq, "detector_dead_letters_total", reason="bad_shape") == 1
+    lag = scrape["detector_consumer_lag_messages"]
+    assert value(lag, "detector_consumer_lag_messages", topic="windows", partition="2") == 17
+    assert value(scrape["detector_model_info"], "detector_model_info", version="0123456789abcdef") == 1
+    assert value(scrape["detector_reloads_total"], "detector_reloads_total", result="rejected") == 1
+
+
+def test_healthz_follows_the_loops_beat(server, health, clock):
+    """/healthz is 200 while the last beat is recent, 503 once it is older than the limit, 200 after a beat."""
+    health.beat()
+    assert get(server.url + "/healthz")[0] == 200
+    clock.now += 31
+    status, content_type, body = get(server.url + "/healthz")
+    assert (status, content_type) == (503, "text/plain; charset=utf-8")
+    assert "no progress for 31.0 s" in body
+    health.beat()
+    assert get(server.url + "/healthz")[0] == 200
+
+
+def test_readyz_needs_broker_group_and_model(server, health):
+    """/readyz is 503 naming every missing condition, and 200 only when all three hold."""
+    status, _, body = get(server.url + "/readyz")
+    assert status == 503
+    assert "broker not connected yet" in body
+    assert "consumer group not joined yet" in body
+    assert "no model loaded" in body
+    health.set_model("abc")
+    health.set_broker(True)
+    status, _, body = get(server.url + "/readyz")
+    assert status == 503
+    assert body.strip() == "not ready: consumer group not joined yet"
+    health.set_group(True)
+    assert get(server.url + "/readyz")[:1] == (200,)
+    health.set_broker(False, "NoBrokersAvailable")
+    status, _, body = get(server.url + "/readyz")
+    assert (status, body.strip()) == (503, "not ready: broker unreachable: NoBrokersAvailable")
+    assert get(server.url + "/healthz")[0] == 200  # not ready is not dead: the loop keeps retrying
+
+
+def test_unknown_paths_are_404_and_query_strings_are_ignored(server):
+    """Only the three endpoints exist; a query string does not change the route."""
+    assert get(server.url + "/")[0] == 404
+    assert get(server.url + "/metrics/extra")[0] == 404
+    assert get(server.url + "/healthz?verbose=1")[0] == 200
+
+
+def test_a_failing_scrape_is_a_500_and_the_server_keeps_serving(health):
+    """A collector that raises answers 500; the server thread survives and answers the next request."""
+
+    class Exploding(Collector):
+        def collect(self):
+            raise RuntimeError("collector broke")
+
+    registry = CollectorRegistry()
+    registry.register(Exploding())
+    with OpsServer("127.0.0.1", 0, registry, health) as srv:
+        assert get(srv.url + "/metrics")[0] == 500
+        assert get(srv.url + "/metrics")[0] == 500
+        assert get(srv.url + "/healthz")[0] == 200
+
+
+def test_access_logs_are_silent(server, capfd):
+    """Requests write nothing to stdout or stderr."""
+    get(server.url + "/healthz")
+    get(server.url + "/nowhere")
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+
+
+def test_close_releases_the_port(metrics, health):
+    """After close() nothing answers on the port and it can be bound again; close() twice is harmless."""
+    srv = OpsServer("127.0.0.1", 0, metrics.registry, health).start()
+    port = srv.port
+    assert port > 0
+    assert get(srv.url + "/healthz")[0] == 200
+    srv.close()
+    srv.close()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+
+
+def test_a_taken_port_fails_at_start_naming_the_setting(metrics, health):
+    """Binding a port in use raises ConfigError naming DETECTOR_HTTP__PORT, before any loop runs."""
+    with (
+        OpsServer("127.0.0.1", 0, metrics.registry, health) as first,
+        pytest.raises(ConfigError, match="DETECTOR_HTTP__PORT"),
+    ):
+        OpsServer("127.0.0.1", first.port, metrics.registry, health)
