@@ -206,8 +206,42 @@ def evaluate(ckpt_path: Path, data: Path, out: Path) -> None:
     _say(f"wrote {out / 'metrics.json'} and plots: {', '.join(metrics['plots'].values())}")
 
 
+def _warn(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _kafka_settings(config: Path | None, bootstrap_servers: str | None):
+    """Settings with ``--bootstrap-servers`` (when given) over kafka.bootstrap_servers."""
+    if bootstrap_servers:
+        return _settings(config, kafka={"bootstrap_servers": bootstrap_servers})
+    return _settings(config)
+
+
+bootstrap_option = click.option(
+    "--bootstrap-servers",
+    metavar="HOST:PORT[,...]",
+    default=None,
+    help="Kafka brokers (default: kafka.bootstrap_servers, DETECTOR_KAFKA__BOOTSTRAP_SERVERS).",
+)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("recording", type=click.Path(path_type=Path))
+@click.option("--topic", default=None, help="Publish the recording to this topic (keyed by series_id).")
+@bootstrap_option
+@click.option(
+    "--speed",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Pace by the lines' _ts: 1 = as recorded, 2 = twice as fast.",
+)
+@click.option("--rate", type=click.FloatRange(0, min_open=True), default=None, help="Pace at N windows/s.")
+@click.option(
+    "--codec",
+    type=click.Choice(["json", "f32"]),
+    default=None,
+    help="json (default): each line as given, less _ts; f32: the binary codec (float32 values, fields in headers).",
+)
 @click.option("--offline", is_flag=True, help="Score the file without Kafka into --out (JSONL).")
 @click.option(
     "--checkpoint",
@@ -226,13 +260,23 @@ def evaluate(ckpt_path: Path, data: Path, out: Path) -> None:
 @config_option
 def replay(
     recording: Path,
+    topic: str | None,
+    bootstrap_servers: str | None,
+    speed: float | None,
+    rate: float | None,
+    codec: str | None,
     offline: bool,
     ckpt_path: Path | None,
     out: Path | None,
     dlq: Path | None,
     config: Path | None,
 ) -> None:
-    """Score a recording with --offline: one output record per window, deterministic, streaming."""
+    """Publish a recording to --topic (paced by --speed or --rate, else as fast as possible), or score
+    it without Kafka with --offline: one output record per window, deterministic, streaming.
+
+    Publishing prints a final count (windows, seconds, windows/s); a line that is not a JSON object is
+    reported with its line number and skipped. Producer: acks=all, idempotent, batched.
+    """
     from tqdm import tqdm
 
     from detector.model import checkpoint
@@ -240,7 +284,10 @@ def replay(
     from detector.scoring import Scorer
 
     if not offline:
-        raise ConfigError("replay: publishing to a topic is not in this version; use --offline --checkpoint M --out F")
+        _replay_to_topic(recording, topic, bootstrap_servers, speed, rate, codec, config, (ckpt_path, out, dlq))
+        return
+    if topic or bootstrap_servers or speed or rate or codec:
+        raise click.UsageError("--topic, --bootstrap-servers, --speed, --rate and --codec publish; not with --offline")
     if out is None:
         raise ConfigError("replay --offline needs --out SCORES.jsonl")
     settings = _settings(config)
@@ -260,6 +307,150 @@ def replay(
     )
     if result.dead_letters:
         _say(f"{result.dead_letters} lines were not valid windows -> {dlq}")
+
+
+def _replay_to_topic(
+    recording: Path,
+    topic: str | None,
+    bootstrap_servers: str | None,
+    speed: float | None,
+    rate: float | None,
+    codec: str | None,
+    config: Path | None,
+    offline_only: tuple[Path | None, ...],
+) -> None:
+    from detector.tools import replay
+
+    if topic is None:
+        raise click.UsageError("give --topic T to publish, or --offline --checkpoint M --out F to score")
+    if speed is not None and rate is not None:
+        raise click.UsageError("--speed and --rate are mutually exclusive")
+    if any(offline_only):
+        raise click.UsageError("--checkpoint, --out and --dlq go with --offline")
+    result = replay.run(
+        _kafka_settings(config, bootstrap_servers),
+        recording,
+        topic,
+        codec="f32" if codec == "f32" else "json",
+        speed=speed,
+        rate=rate,
+        warn=_warn,
+    )
+    _say(result.summary())
+    if result.interrupted:
+        raise click.Abort  # exit 130
+    if result.failed:
+        raise DetectorError(f"{topic}: {result.failed} window(s) not delivered")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--topic", required=True, help="Topic to capture.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Recording to write (.jsonl).")
+@click.option("--max", "max_records", type=click.IntRange(1), default=None, help="Stop after N records.")
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0),
+    default=5.0,
+    show_default=True,
+    help="Stop after S seconds without a record; 0 = never (then --max or Ctrl-C).",
+)
+@click.option("--from-now", is_flag=True, help="Only records produced from now on (default: from the earliest).")
+@click.option(
+    "--features",
+    type=click.IntRange(1),
+    default=None,
+    help="Binary f32 records: write values as rows of F features (default: a flat list).",
+)
+@bootstrap_option
+@config_option
+def record(
+    topic: str,
+    out: Path,
+    max_records: int | None,
+    idle_timeout: float,
+    from_now: bool,
+    features: int | None,
+    bootstrap_servers: str | None,
+    config: Path | None,
+) -> None:
+    """Capture a topic into a recording that `replay` publishes again: each value's JSON with `_ts`.
+
+    Reads every partition without a consumer group (the daemon's group is never touched). The file is
+    written as records arrive; Ctrl-C or SIGTERM stops it between records and leaves whole lines.
+    """
+    from detector.tools import record as capture
+
+    result = capture.run(
+        _kafka_settings(config, bootstrap_servers),
+        topic,
+        out,
+        max_records=max_records,
+        idle_timeout_s=idle_timeout or None,
+        from_now=from_now,
+        features=features,
+        warn=_warn,
+    )
+    _say(result.summary())
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--topic",
+    default=None,
+    help="Alert topic (default: kafka.alert_topic), or the output topic: then flagged windows are shown.",
+)
+@click.option(
+    "--min-probability",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Show RAISED and FLAGGED at this probability or above (and the CLEARED of a RAISED shown).",
+)
+@click.option("--series", multiple=True, metavar="ID", help="Only this series (repeatable; glob patterns work).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line, as on the topic (for machines).")
+@click.option("--from-beginning", is_flag=True, help="Start at the earliest record (default: only new ones).")
+@click.option("--max", "max_alerts", type=click.IntRange(1), default=None, help="Stop after N alerts shown.")
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Stop after S seconds without a record; 0 = never (until Ctrl-C).",
+)
+@bootstrap_option
+@config_option
+def alerts(
+    topic: str | None,
+    min_probability: float | None,
+    series: tuple[str, ...],
+    as_json: bool,
+    from_beginning: bool,
+    max_alerts: int | None,
+    idle_timeout: float,
+    bootstrap_servers: str | None,
+    config: Path | None,
+) -> None:
+    """Follow alerts as readable lines: time (UTC), series, RAISED/CLEARED/FLAGGED, probability, window,
+    model version; colour on a terminal, --json for machines.
+
+    Reads every partition without a consumer group (the daemon's group is never touched). Records that
+    are neither alerts nor scored windows are reported on stderr and skipped.
+    """
+    from detector.tools import alerts as follow
+
+    result = follow.run(
+        _kafka_settings(config, bootstrap_servers),
+        topic,
+        min_probability=min_probability,
+        series=series,
+        as_json=as_json,
+        from_beginning=from_beginning,
+        max_alerts=max_alerts,
+        idle_timeout_s=idle_timeout or None,
+        colour=sys.stdout.isatty(),
+        say=_say,
+        warn=_warn,
+    )
+    _warn(result.summary())
 
 
 @cli.command(context_settings=CONTEXT)

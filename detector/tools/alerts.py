@@ -1,0 +1,253 @@
+"""``detector alerts``: follow the alert topic (or the output topic) and show alerts to people.
+
+Two kinds of record are understood: alert transitions (``state`` = ``raised`` / ``cleared``) and scored
+windows (``flag`` and ``probability``; only flagged ones are shown, as FLAGGED). Anything else on the
+topic is reported in one line and skipped. ``min_probability`` applies to RAISED and FLAGGED; a CLEARED
+is shown when its series' RAISED was shown (or when there is no probability filter), so that a raise a
+person saw is always followed by its clearing. ``series`` are exact ids or glob patterns (``host-1/*``).
+No consumer group: every partition is assigned, from its end (new records) or its beginning.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from kafka import KafkaConsumer
+from kafka import errors as kerr
+
+from detector.codec import encode_json, parse_json
+from detector.errors import ConfigError, DetectorError, WindowError
+from detector.settings import Settings
+from detector.tools.clients import (
+    StaleTail,
+    StopFlag,
+    assign_topic,
+    close_quietly,
+    in_time_order,
+    make_consumer,
+)
+
+POLL_S = 0.2
+SHOWN_PROBLEMS = 20  # malformed records reported one by one; the rest only counted
+SHORT_VERSION = 8  # hex digits of model_version shown to people
+STATES = {"raised": "RAISED", "cleared": "CLEARED"}
+COLOURS = {"RAISED": {"fg": "red", "bold": True}, "CLEARED": {"fg": "green"}, "FLAGGED": {"fg": "yellow"}}
+
+
+class NotAnAlert(ValueError):
+    """A record that is neither an alert transition nor a scored window; ``str`` is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert transition or flagged window, as shown; ``record`` is the value as it came."""
+
+    state: str  # RAISED, CLEARED or FLAGGED
+    series_id: str
+    probability: float | None
+    window_id: str | int | None
+    model_version: str | None
+    at_ms: int  # when: the record's broker timestamp, else its own time field
+    record: dict[str, Any] = field(repr=False)
+
+
+def parse(value: bytes | None, timestamp: int) -> Alert | None:
+    """A record value -> an Alert, or None for a scored window that is not flagged; NotAnAlert otherwise."""
+    if value is None:
+        raise NotAnAlert("empty value")
+    try:
+        obj = parse_json(value)
+    except WindowError as err:
+        raise NotAnAlert(f"{err.reason}: {err.detail}") from None
+    if not isinstance(obj, dict):
+        raise NotAnAlert(f"a JSON {type(obj).__name__}, not an object")
+    sid = obj.get("series_id")
+    if not isinstance(sid, str) or not sid:
+        raise NotAnAlert("no series_id")
+    prob = obj.get("probability")
+    if prob is not None and (isinstance(prob, bool) or not isinstance(prob, int | float) or not math.isfinite(prob)):
+        raise NotAnAlert(f"probability is not a number: {prob!r}")
+    if "state" in obj:
+        state = STATES.get(str(obj["state"]).lower())
+        if state is None:
+            raise NotAnAlert(f"unknown state {obj['state']!r}")
+        own_time = obj.get("since")
+    elif "flag" in obj:
+        if not isinstance(obj["flag"], bool) or prob is None:
+            raise NotAnAlert("a scored record needs a boolean flag and a probability")
+        if not obj["flag"]:
+            return None
+        state, own_time = "FLAGGED", obj.get("scored_at")
+    else:
+        raise NotAnAlert("neither an alert (state) nor a scored window (flag)")
+    if timestamp < 0:
+        timestamp = own_time if isinstance(own_time, int) and not isinstance(own_time, bool) else 0
+    wid = obj.get("window_id")
+    version = obj.get("model_version")
+    return Alert(
+        state=state,
+        series_id=sid,
+        probability=None if prob is None else float(prob),
+        window_id=wid if isinstance(wid, str | int) and not isinstance(wid, bool) else None,
+        model_version=version if isinstance(version, str) else None,
+        at_ms=timestamp,
+        record=obj,
+    )
+
+
+class AlertFilter:
+    """Which alerts to show (see the module docstring); remembers the series whose RAISED it let through."""
+
+    def __init__(self, min_probability: float | None = None, series: Sequence[str] = ()) -> None:
+        self.min_probability = min_probability
+        self.series = tuple(series)
+        self._raised_shown: set[str] = set()
+
+    def __call__(self, alert: Alert) -> bool:
+        if self.series and not any(fnmatch.fnmatchcase(alert.series_id, pattern) for pattern in self.series):
+            return False
+        if alert.state == "CLEARED":
+            if self.min_probability is None:
+                return True
+            if alert.series_id in self._raised_shown:
+                self._raised_shown.discard(alert.series_id)
+                return True
+            return False
+        if self.min_probability is not None and (alert.probability or 0.0) < self.min_probability:
+            return False
+        if alert.state == "RAISED":
+            self._raised_shown.add(alert.series_id)
+        return True
+
+
+def human_line(alert: Alert, colour: bool = False) -> str:
+    """``2026-01-01T00:00:05.000Z  RAISED   host-1/cpu  p=0.973  window=w17  model=3f2a9c1d``"""
+    when = datetime.fromtimestamp(alert.at_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    state = f"{alert.state:<7}"
+    if colour:
+        state = click.style(state, **COLOURS[alert.state])  # type: ignore[arg-type]
+    prob = "p=?" if alert.probability is None else f"p={alert.probability:.3f}"
+    window = "-" if alert.window_id is None else alert.window_id
+    model = (alert.model_version or "?")[:SHORT_VERSION]
+    return f"{when.replace('+00:00', 'Z')}  {state}  {alert.series_id}  {prob}  window={window}  model={model}"
+
+
+def json_line(alert: Alert) -> str:
+    """The record as it came, as one compact JSON line."""
+    return encode_json(alert.record).decode()
+
+
+@dataclass
+class FollowResult:
+    topic: str
+    shown: int = 0
+    malformed: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        text = f"{self.shown} alerts shown from {self.topic} in {self.seconds:.1f} s"
+        return text + (f"; {self.malformed} malformed records skipped" if self.malformed else "")
+
+
+def follow(
+    consumer: KafkaConsumer,
+    topic: str,
+    show: Callable[[Alert], None],
+    *,
+    accept: Callable[[Alert], bool] = lambda _: True,
+    max_alerts: int | None = None,
+    idle_timeout_s: float | None = None,
+    stale: StaleTail | None = None,
+    stopping: Callable[[], bool] = lambda: False,
+    warn: Callable[[str], None] = lambda _: None,
+) -> FollowResult:
+    """Pass the assigned records that ``accept`` lets through to ``show`` until ``max_alerts`` were shown,
+    ``idle_timeout_s`` went by without a record (None: never) or ``stopping()``. ``stale`` drops an
+    embedded broker's stale tail after a seek to the end."""
+    result = FollowResult(topic)
+    start = last = time.monotonic()
+    while not stopping() and (max_alerts is None or result.shown < max_alerts):
+        if idle_timeout_s is not None and time.monotonic() - last >= idle_timeout_s:
+            break
+        try:
+            batches = consumer.poll(timeout_ms=int(POLL_S * 1000))
+        except kerr.KafkaError as err:
+            raise DetectorError(f"alerts {topic}: {type(err).__name__}: {err}") from None
+        records = in_time_order(batches)
+        if records:
+            last = time.monotonic()
+        if stale is not None:
+            stale.after_poll(list(consumer.assignment()))
+            records = [r for r in records if not stale.stale(r)]
+        for r in records:
+            try:
+                alert = parse(r.value, r.timestamp)
+            except NotAnAlert as err:
+                result.malformed += 1
+                if result.malformed <= SHOWN_PROBLEMS:
+                    warn(f"skipped a malformed record at {r.topic}/{r.partition}@{r.offset}: {err}")
+                elif result.malformed == SHOWN_PROBLEMS + 1:
+                    warn("further malformed records are only counted")
+                continue
+            if alert is None or not accept(alert):
+                continue
+            show(alert)
+            result.shown += 1
+            if max_alerts is not None and result.shown >= max_alerts:
+                break
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def run(
+    settings: Settings,
+    topic: str | None,
+    *,
+    min_probability: float | None = None,
+    series: Sequence[str] = (),
+    as_json: bool = False,
+    from_beginning: bool = False,
+    max_alerts: int | None = None,
+    idle_timeout_s: float | None = None,
+    colour: bool = False,
+    say: Callable[[str], None] = print,
+    warn: Callable[[str], None] = lambda _: None,
+) -> FollowResult:
+    """``detector alerts``: default topic ``kafka.alert_topic``; runs until a limit or SIGINT/SIGTERM."""
+    topic = topic or settings.kafka.alert_topic
+    if not topic:
+        raise ConfigError("no alert topic: kafka.alert_topic is empty (alerts are off); pass --topic")
+
+    def show(alert: Alert) -> None:
+        say(json_line(alert) if as_json else human_line(alert, colour))
+
+    since_ms = int(time.time() * 1000)
+    consumer = make_consumer(settings, "alerts")
+    stop = StopFlag()
+    try:
+        with stop.installed():
+            tps = assign_topic(
+                consumer, topic, from_end=not from_beginning, wait_s=idle_timeout_s, stopping=stop, on_wait=warn
+            )
+            if tps is None:
+                return FollowResult(topic)
+            return follow(
+                consumer,
+                topic,
+                show,
+                accept=AlertFilter(min_probability, series),
+                max_alerts=max_alerts,
+                idle_timeout_s=idle_timeout_s,
+                stale=None if from_beginning else StaleTail(consumer, since_ms),
+                stopping=stop,
+                warn=warn,
+            )
+    finally:
+        close_quietly(consumer)

@@ -1,0 +1,215 @@
+"""``detector record --topic T --out REC``: capture a topic into a recording that ``replay`` publishes again.
+
+One line per record: the value's JSON object with ``_ts`` (the record's broker timestamp, epoch ms)
+added. Binary ``f32`` records become JSON windows: ``values`` from the float32 bytes (a flat list, or
+rows of ``features``), ``series_id``, ``window_id``, ``start`` and ``step_ms`` from their headers. A
+record that is neither (not JSON, not an object, an unknown content-type, an empty value) is reported
+and skipped. No consumer group: every partition is assigned, from its beginning or (``from_now``) its end.
+Lines are written as records arrive and flushed after every poll; a signal stops the capture between
+records, so the file is always whole lines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from kafka import KafkaConsumer
+from kafka import errors as kerr
+
+from detector.codec import F32_CONTENT_TYPE, JSON_CONTENT_TYPES, encode_json, parse_json
+from detector.errors import DataError, DetectorError, WindowError
+from detector.serve.decode import content_type, header
+from detector.settings import Settings
+from detector.tools.clients import (
+    StaleTail,
+    StopFlag,
+    assign_topic,
+    close_quietly,
+    in_time_order,
+    make_consumer,
+)
+
+POLL_S = 0.2
+POLL_RECORDS = 5000
+SHOWN_PROBLEMS = 20
+F32_FIELDS = ("series_id", "window_id", "start", "step_ms")
+
+
+class RecordError(ValueError):
+    """A record that cannot become a recording line; ``str`` is the reason."""
+
+
+def _f32_window(value: bytes, headers: list[tuple[str, bytes]], features: int | None) -> dict[str, Any]:
+    if not value or len(value) % 4:
+        raise RecordError(f"f32 payload of {len(value)} bytes is not a whole number of float32 values")
+    values = np.frombuffer(value, dtype="<f4")
+    if features is not None:
+        if len(values) % features:
+            raise RecordError(f"f32 payload of {len(values)} values does not split into rows of {features}")
+        values = values.reshape(-1, features)
+    window: dict[str, Any] = {}
+    for name in F32_FIELDS:
+        raw = header(headers, name)
+        if raw is None:
+            continue
+        text = raw.decode("utf-8", errors="replace")
+        if name in ("start", "step_ms"):
+            try:
+                window[name] = int(text)
+                continue
+            except ValueError:
+                pass
+        window[name] = text
+    window["values"] = values.tolist()
+    return window
+
+
+def to_line(value: bytes | None, headers: list[tuple[str, bytes]], timestamp: int, features: int | None) -> bytes:
+    """One consumed record -> one recording line (no newline); RecordError with the reason otherwise."""
+    if value is None:
+        raise RecordError("empty value (a tombstone)")
+    try:
+        kind = content_type(headers)
+    except WindowError as err:
+        raise RecordError(err.detail) from None
+    if kind == F32_CONTENT_TYPE:
+        obj = _f32_window(value, headers, features)
+    elif kind in JSON_CONTENT_TYPES:
+        try:
+            obj = parse_json(value)
+        except WindowError as err:
+            raise RecordError(f"{err.reason}: {err.detail}") from None
+        if not isinstance(obj, dict):
+            raise RecordError(f"not_object: a JSON {type(obj).__name__}, not an object")
+    else:
+        raise RecordError(f"unknown content-type {kind!r}")
+    obj["_ts"] = timestamp
+    return encode_json(obj)
+
+
+@dataclass
+class RecordResult:
+    topic: str
+    out: Path
+    written: int = 0
+    skipped: int = 0
+    partitions: int = 0
+    seconds: float = 0.0
+    ended_by: str = "idle"  # "max", "idle" or "signal"
+
+    def summary(self) -> str:
+        text = (
+            f"recorded {self.written} records from {self.topic} ({self.partitions} partitions) to {self.out}"
+            f" in {self.seconds:.1f} s ({self.ended_by})"
+        )
+        return text + (f"; {self.skipped} records skipped" if self.skipped else "")
+
+
+def capture(
+    consumer: KafkaConsumer,
+    out: IO[bytes],
+    result: RecordResult,
+    *,
+    max_records: int | None,
+    idle_timeout_s: float | None,
+    features: int | None = None,
+    stale: StaleTail | None = None,
+    stopping: Callable[[], bool] = lambda: False,
+    warn: Callable[[str], None] = lambda _: None,
+) -> RecordResult:
+    """Write the assigned records to ``out`` until ``max_records``, ``idle_timeout_s`` without a record
+    (None: no idle limit) or ``stopping()``; flushed after every poll. ``stale`` drops an embedded
+    broker's stale tail after a seek to the end."""
+    start = last = time.monotonic()
+    noted_flat = False
+    try:
+        while True:
+            if stopping():
+                result.ended_by = "signal"
+                break
+            if max_records is not None and result.written >= max_records:
+                result.ended_by = "max"
+                break
+            if idle_timeout_s is not None and time.monotonic() - last >= idle_timeout_s:
+                result.ended_by = "idle"
+                break
+            room = POLL_RECORDS if max_records is None else min(POLL_RECORDS, max_records - result.written)
+            try:
+                batches = consumer.poll(timeout_ms=int(POLL_S * 1000), max_records=room)
+            except kerr.KafkaError as err:
+                raise DetectorError(f"record {result.topic}: {type(err).__name__}: {err}") from None
+            records = in_time_order(batches)
+            if records:
+                last = time.monotonic()
+            if stale is not None:
+                stale.after_poll(list(consumer.assignment()))
+                records = [r for r in records if not stale.stale(r)]
+            for r in records:
+                headers = list(r.headers or [])
+                try:
+                    line = to_line(r.value, headers, r.timestamp, features)
+                except RecordError as err:
+                    result.skipped += 1
+                    if result.skipped <= SHOWN_PROBLEMS:
+                        warn(f"{r.topic}/{r.partition}@{r.offset}: {err} (skipped)")
+                    elif result.skipped == SHOWN_PROBLEMS + 1:
+                        warn("further skipped records are only counted")
+                    continue
+                if features is None and not noted_flat and content_type(headers) == F32_CONTENT_TYPE:
+                    noted_flat = True
+                    warn("binary f32 values are written as flat lists; --features F writes rows of F")
+                out.write(line + b"\n")
+                result.written += 1
+            out.flush()
+    finally:
+        out.flush()
+        result.seconds = time.monotonic() - start
+    return result
+
+
+def run(
+    settings: Settings,
+    topic: str,
+    out_path: Path,
+    *,
+    max_records: int | None = None,
+    idle_timeout_s: float | None = 5.0,
+    from_now: bool = False,
+    features: int | None = None,
+    warn: Callable[[str], None] = lambda _: None,
+) -> RecordResult:
+    """``detector record``: connect, assign every partition, capture into ``out_path`` (overwritten)."""
+    result = RecordResult(topic, out_path)
+    since_ms = int(time.time() * 1000)
+    consumer = make_consumer(settings, "record")
+    stop = StopFlag()
+    try:
+        with stop.installed():
+            tps = assign_topic(consumer, topic, from_end=from_now, wait_s=idle_timeout_s, stopping=stop, on_wait=warn)
+            if tps is None:
+                result.ended_by = "signal"
+                return result
+            result.partitions = len(tps)
+            try:
+                out = out_path.open("wb")
+            except OSError as err:
+                raise DataError(f"{out_path}: cannot write ({err.strerror})") from None
+            with out:
+                return capture(
+                    consumer,
+                    out,
+                    result,
+                    max_records=max_records,
+                    idle_timeout_s=idle_timeout_s,
+                    features=features,
+                    stale=StaleTail(consumer, since_ms) if from_now else None,
+                    stopping=stop,
+                    warn=warn,
+                )
+    finally:
+        close_quietly(consumer)

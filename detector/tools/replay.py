@@ -1,0 +1,286 @@
+"""``detector replay REC --topic T``: publish a recording into a topic, keyed by series_id.
+
+Each line becomes one record. JSON (the default) is published as given, less its ``_ts`` field; ``f32``
+re-encodes the window with the binary codec (values as float32 bytes, the other fields in headers).
+Pacing: by the lines' ``_ts`` deltas divided by ``speed``, or at ``rate`` windows/s, or none (as fast as
+the producer goes). A line that is not a JSON object (or, for ``f32``, not a valid window) is reported
+with its line number and skipped; it never stops the replay. A line without a usable ``series_id`` is
+published without a key under JSON (the daemon dead-letters it), so that bad input can be replayed too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+from kafka import KafkaProducer
+from kafka import errors as kerr
+from tqdm import tqdm
+
+from detector.codec import encode_f32, encode_json, parse_json, window_from_obj
+from detector.errors import DataError, DetectorError, WindowError
+from detector.recordings import iter_lines
+from detector.settings import Settings
+from detector.tools.clients import StopFlag, close_quietly, make_producer
+
+Codec = Literal["json", "f32"]
+FLUSH_TIMEOUT_S = 60.0
+SHOWN_PROBLEMS = 20  # lines reported one by one; the rest only counted
+SLEEP_SLICE_S = 0.2  # a long pause is slept in slices, so that a signal stops it promptly
+
+
+class LineError(ValueError):
+    """A recording line that cannot be published; ``str`` is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One record to publish, and the line's ``_ts`` (epoch ms) when it has one."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    ts: int | None
+
+
+class _Head(msgspec.Struct):
+    """The two fields replay needs from a line; the rest is skipped, not decoded."""
+
+    series_id: Any = None
+    ts: Any = msgspec.field(default=None, name="_ts")
+
+
+_head = msgspec.json.Decoder(_Head)
+# `_ts` as the last member of the object, as `record` writes it: cut out of the bytes, not re-encoded
+_TS_TAIL = re.compile(rb',\s*"_ts"\s*:\s*(-?\d+)\s*\}\s*$')
+_TAIL_BYTES = 64
+
+
+def _valid_ts(ts: Any) -> bool:
+    return ts is None or (not isinstance(ts, bool) and isinstance(ts, int | float) and math.isfinite(ts))
+
+
+def _without_ts(line: bytes, ts: Any) -> bytes | None:
+    """The line less its trailing ``_ts`` member, cut from the bytes; None where that is not safe."""
+    if not isinstance(ts, int):
+        return None
+    tail = max(0, len(line) - _TAIL_BYTES)
+    match = _TS_TAIL.search(line, tail)
+    if match is None or int(match.group(1)) != ts:
+        return None
+    value = line[: match.start()] + b"}"
+    return None if b'"_ts"' in value else value
+
+
+def to_record(line: bytes, codec: Codec) -> Outgoing:
+    """A recording line -> the record to publish; LineError with the reason for a line that cannot be.
+
+    JSON lines are published as given (the bytes of the line) when they hold no ``_ts``; a trailing
+    ``_ts`` is cut from the bytes; elsewhere the object is re-encoded without it.
+    """
+    if codec == "json":
+        try:
+            head = _head.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass  # the full parse below names the reason
+        else:
+            key = head.series_id.encode() if isinstance(head.series_id, str) and head.series_id else None
+            if not _valid_ts(head.ts):
+                raise LineError(f"bad_field: _ts must be epoch milliseconds, got {head.ts!r}")
+            ts = None if head.ts is None else int(head.ts)
+            if head.ts is None and b'"_ts"' not in line:
+                return Outgoing(key, line, [], None)
+            value = _without_ts(line, head.ts)
+            if value is not None:
+                return Outgoing(key, value, [], ts)
+    try:
+        obj = parse_json(line)
+    except WindowError as err:
+        raise LineError(f"{err.reason}: {err.detail}") from None
+    if not isinstance(obj, dict):
+        raise LineError(f"not_object: a line must be a JSON object, got {type(obj).__name__}")
+    ts = obj.get("_ts")
+    if not _valid_ts(ts):
+        raise LineError(f"bad_field: _ts must be epoch milliseconds, got {ts!r}")
+    sid = obj.get("series_id")
+    key = sid.encode() if isinstance(sid, str) and sid else None
+    body = {k: v for k, v in obj.items() if k != "_ts"}
+    if codec == "f32":
+        try:
+            window_from_obj(body)
+        except WindowError as err:
+            raise LineError(f"{err.reason}: {err.detail}") from None
+        value, headers = encode_f32(body)
+        return Outgoing(key, value, headers, None if ts is None else int(ts))
+    value = line if "_ts" not in obj else encode_json(body)
+    return Outgoing(key, value, [], None if ts is None else int(ts))
+
+
+class Pacer:
+    """When each record is due, in seconds after the replay began: at ``rate`` records/s, or at the line's
+    ``_ts`` offset from the first ``_ts`` divided by ``speed``, or at once. Lines without ``_ts`` (or whose
+    ``_ts`` goes back in time) are due at once under ``speed``."""
+
+    def __init__(self, speed: float | None = None, rate: float | None = None) -> None:
+        if speed is not None and rate is not None:
+            raise ValueError("speed and rate are mutually exclusive")
+        if (speed is not None and speed <= 0) or (rate is not None and rate <= 0):
+            raise ValueError("speed and rate must be > 0")
+        self.speed = speed
+        self.rate = rate
+        self._count = 0
+        self._first_ts: int | None = None
+
+    def due(self, ts: int | None) -> float:
+        index, self._count = self._count, self._count + 1
+        if self.rate is not None:
+            return index / self.rate
+        if self.speed is None or ts is None:
+            return 0.0
+        if self._first_ts is None:
+            self._first_ts = ts
+        return max(0.0, (ts - self._first_ts) / 1000.0 / self.speed)
+
+
+@dataclass
+class ReplayResult:
+    """What a replay did. ``published``: acknowledged by the broker (acks=all)."""
+
+    topic: str
+    published: int = 0
+    bad_lines: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def summary(self) -> str:
+        rate = self.published / self.seconds if self.seconds > 0 else 0.0
+        text = f"published {self.published} windows to {self.topic} in {self.seconds:.2f} s ({rate:,.0f} windows/s)"
+        if self.bad_lines:
+            text += f"; {self.bad_lines} bad lines skipped"
+        if self.failed:
+            text += f"; {self.failed} not delivered"
+        if self.interrupted:
+            text += "; interrupted"
+        return text
+
+
+def publish(
+    path: Path,
+    topic: str,
+    producer: KafkaProducer,
+    *,
+    codec: Codec = "json",
+    pacer: Pacer | None = None,
+    stopping: Callable[[], bool] = lambda: False,
+    warn: Callable[[str], None] = lambda _: None,
+    on_progress: Callable[[int], object] = lambda _: None,
+) -> ReplayResult:
+    """Publish every line of ``path`` to ``topic``, then flush; ``warn`` hears each skipped line (the
+    first ``SHOWN_PROBLEMS``). Stops early, flushing what was sent, when ``stopping()`` turns true."""
+    pacer = pacer or Pacer()
+    result = ReplayResult(topic)
+    # written by the callbacks, on the producer's I/O thread; read here once flush has returned
+    acknowledged = [0]
+    failed: list[tuple[int, BaseException]] = []
+    sent = shown = 0
+
+    def delivered(_: object) -> None:
+        acknowledged[0] += 1
+
+    def problem(text: str) -> None:
+        nonlocal shown
+        shown += 1
+        if shown <= SHOWN_PROBLEMS:
+            warn(text)
+        elif shown == SHOWN_PROBLEMS + 1:
+            warn("further problems are only counted")
+
+    start = time.monotonic()
+    for number, line in iter_lines(path):
+        if stopping():
+            result.interrupted = True
+            break
+        try:
+            record = to_record(line, codec)
+        except LineError as err:
+            result.bad_lines += 1
+            problem(f"{path}:{number}: {err} (skipped)")
+            continue
+        due = start + pacer.due(record.ts)
+        while (wait := due - time.monotonic()) > 0.001 and not stopping():
+            time.sleep(min(wait, SLEEP_SLICE_S))
+        if stopping():
+            result.interrupted = True
+            break
+        try:
+            future = producer.send(topic, key=record.key, value=record.value, headers=record.headers)
+        except kerr.KafkaTimeoutError as err:
+            raise DetectorError(
+                f"replay to {topic} stopped at line {number}: the producer gave up waiting ({err});"
+                " is the broker up and the topic there?"
+            ) from None
+        except kerr.KafkaError as err:  # e.g. a record over the size limit: refused before sending
+            result.failed += 1
+            problem(f"{path}:{number}: not sent: {type(err).__name__}: {err}")
+            continue
+        future.add_callback(delivered)
+        future.add_errback(lambda err, n=number: failed.append((n, err)))
+        sent += 1
+        on_progress(1)
+    try:
+        producer.flush(FLUSH_TIMEOUT_S)
+    except kerr.KafkaTimeoutError:
+        problem(f"some records were not acknowledged within {FLUSH_TIMEOUT_S:g} s")
+    result.seconds = time.monotonic() - start
+    for number, error in sorted(failed, key=lambda item: item[0]):
+        problem(f"{path}:{number}: not delivered: {type(error).__name__}: {error}")
+    result.published = acknowledged[0]
+    result.failed += sent - acknowledged[0]  # refused, or still unacknowledged when the flush gave up
+    return result
+
+
+def _count_lines(path: Path) -> int | None:
+    """Lines in the file (for the progress bar's total; blank and bad lines included), or None."""
+    try:
+        with path.open("rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return None
+
+
+def run(
+    settings: Settings,
+    path: Path,
+    topic: str,
+    *,
+    codec: Codec = "json",
+    speed: float | None = None,
+    rate: float | None = None,
+    warn: Callable[[str], None] = lambda _: None,
+) -> ReplayResult:
+    """``detector replay`` to a topic: checks the file, connects, publishes with a progress bar on a TTY."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    pacer = Pacer(speed=speed, rate=rate)
+    tty = sys.stderr.isatty()
+    total = _count_lines(path) if tty else None
+    producer = make_producer(settings, "replay")
+    stop = StopFlag()
+    try:
+        with (
+            stop.installed(),
+            tqdm(total=total, unit="win", desc=f"-> {topic}", disable=not tty, leave=False) as bar,
+        ):
+            return publish(
+                path, topic, producer, codec=codec, pacer=pacer, stopping=stop, warn=warn, on_progress=bar.update
+            )
+    finally:
+        close_quietly(producer)
