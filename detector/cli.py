@@ -490,7 +490,8 @@ def serve(config: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and a non-zero exit for every expected failure."""
     try:
-        cli.main(args=argv, prog_name="detector", standalone_mode=False)
+        # Not standalone: click returns (rather than raises) the code of an `Exit`, a command's non-zero exit.
+        code = cli.main(args=argv, prog_name="detector", standalone_mode=False)
     except click.exceptions.Exit as done:
         return int(done.exit_code)
     except click.Abort:
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("detector: interrupted", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

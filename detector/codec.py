@@ -105,7 +105,7 @@ def window_from_obj(obj: Any, shape: tuple[int, int] | None = None) -> Window:
             lab = np.asarray(msgspec.convert(labels, list[int]), dtype=np.int64)
         except msgspec.ValidationError:
             raise WindowError("bad_labels", "labels must be T integers in {0, 1}") from None
-        if lab.shape != (values.shape[0],) or not np.isin(lab, (0, 1)).all():
+        if lab.shape != (values.shape[0],) or not ((lab == 0) | (lab == 1)).all():
             raise WindowError("bad_labels", f"labels must be {values.shape[0]} integers in {{0, 1}}")
         lab = lab.astype(np.int8)
     event_type = obj.get("event_type")

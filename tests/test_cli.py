@@ -300,3 +300,11 @@ def test_console_script_help_and_exit_codes():
     bad = subprocess.run([exe, "train", "--nope"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_commands_own_non_zero_exit_reaches_the_shell(monkeypatch):
+    # click, when not standalone, returns the code of an `Exit` instead of raising it: main must pass it on.
+    import detector.broker
+
+    monkeypatch.setattr(detector.broker, "run_foreground", lambda host, port, say: 5)
+    assert main(["broker", "--port", "19999"]) == 5
