@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup test lint demo bench-model bench-scale clean
+.PHONY: setup test lint demo bench bench-model bench-scale clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ demo: setup
 	@echo "plots:   $(DEMO)/eval/reliability.png $(DEMO)/eval/precision_recall.png $(DEMO)/eval/timeline.png"
 	@echo "metrics: $(DEMO)/eval/metrics.json"
 	@echo "scores:  $(DEMO)/scores.jsonl (one record per window)"
+
+# The whole serving path on the embedded broker, in one run: figures and ratios in bench/out/results.json.
+bench: setup
+	$(PY) bench/e2e.py
 
 bench-model: setup
 	$(PY) bench/model.py
