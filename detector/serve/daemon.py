@@ -1,4 +1,9 @@
-"""``detector serve``: settings -> logging -> checkpoint -> Kafka clients -> the runner, until a signal.
+"""``detector serve``: settings -> logging -> HTTP -> checkpoint (+ watcher) -> Kafka clients -> the runner.
+
+Around the runner: ``/metrics``, ``/healthz`` and ``/readyz`` on ``http.host:http.port`` from the start (not
+ready until the broker is reached, the group joined and the model loaded); a watcher of
+``model.checkpoint`` whose validated new versions the runner swaps in between batches; alert transitions
+to ``kafka.alert_topic`` (empty: none).
 
 SIGTERM or SIGINT asks the runner to stop (the batch in hand is finished, delivered and committed); the
 consumer then leaves its group and the process exits 0. A second signal exits at once (code 128 + N),
@@ -20,6 +25,10 @@ import torch
 from detector import __version__
 from detector.errors import ConfigError
 from detector.model import checkpoint
+from detector.ops.alerts import AlertTracker
+from detector.ops.http import Health, OpsServer
+from detector.ops.metrics import PrometheusObserver
+from detector.ops.reload import CheckpointWatcher, ReloadOutcome
 from detector.scoring import Scorer
 from detector.serve.kafka_io import KafkaSink, KafkaSource, connect, make_producer
 from detector.serve.logs import configure_logging
@@ -34,6 +43,7 @@ def runner_config(settings: Settings) -> RunnerConfig:
         max_batch=settings.batch.max_size,
         max_wait_s=settings.batch.max_wait_ms / 1000,
         max_message_bytes=settings.limits.max_message_bytes,
+        alert_topic=settings.kafka.alert_topic,
     )
 
 
@@ -92,7 +102,81 @@ def serve(settings: Settings, log_stream: IO[str] | None = None) -> int:
     configure_logging(settings.log, log_stream)
     log = structlog.get_logger("detector.serve")
     log.info("starting", detector_version=__version__, pid=os.getpid(), settings=masked(settings))
-    scorer = load_scorer(settings)
+    metrics = PrometheusObserver()
+    health = Health()
+    with OpsServer(settings.http.host, settings.http.port, metrics.registry, health) as ops:
+        log.info("http listening", url=ops.url, endpoints=["/metrics", "/healthz", "/readyz"])
+        scorer = load_scorer(settings)
+        _log_model(log, settings, scorer)
+        health.set_model(scorer.version)
+        metrics.model_loaded(scorer.version)
+
+        def reloaded(outcome: ReloadOutcome) -> None:
+            metrics.reloaded(outcome.result)
+
+        watcher = CheckpointWatcher(
+            settings.model.checkpoint or "",
+            settings.reload.poll_seconds,
+            scorer.shape,
+            settings.model.device,
+            settings.model.precision,
+            on_result=reloaded,
+            serving_version=scorer.version,
+        ).start()
+        try:
+            return _run(settings, scorer, metrics, health, watcher)
+        finally:
+            watcher.close()
+
+
+def _run(
+    settings: Settings, scorer: Scorer, metrics: PrometheusObserver, health: Health, watcher: CheckpointWatcher
+) -> int:
+    log = structlog.get_logger("detector.serve")
+    with StopSignals() as signals:
+
+        def stopping() -> bool:
+            health.beat()  # waiting for the broker is not a stall
+            return signals.requested
+
+        health.set_broker(False, f"connecting to {settings.kafka.bootstrap_servers}")
+        clients = connect(settings, stopping=stopping)
+        if clients is None:
+            log.info("stopped before the broker was reached")
+            return 0
+        consumer, producer = clients
+        source = KafkaSource(consumer, settings.kafka.input_topic)
+        sink = KafkaSink(lambda: make_producer(settings), producer)
+        alerts = AlertTracker(settings.alerts.raise_after, settings.alerts.clear_after)
+        runner = Runner(
+            source,
+            sink,
+            scorer,
+            runner_config(settings),
+            observer=metrics,
+            health=health,
+            reloads=watcher.take,
+            alerts=alerts,
+        )
+        signals.on_stop(runner.request_stop)
+        log.info(
+            "serving",
+            input_topic=settings.kafka.input_topic,
+            output_topic=settings.kafka.output_topic,
+            alert_topic=settings.kafka.alert_topic or None,
+            group_id=settings.kafka.group_id,
+        )
+        try:
+            counts = runner.run()
+        finally:
+            health.set_group(False, "stopping")
+            source.close()
+            sink.close()
+        log.info("stopped", signal=signals.received, **counts.summary())
+    return 0
+
+
+def _log_model(log: structlog.typing.FilteringBoundLogger, settings: Settings, scorer: Scorer) -> None:
     ck = scorer.checkpoint
     log.info(
         "model loaded",
@@ -106,21 +190,3 @@ def serve(settings: Settings, log_stream: IO[str] | None = None) -> int:
         device=str(scorer.device),
         cpu_threads=torch.get_num_threads(),
     )
-    with StopSignals() as signals:
-        clients = connect(settings, stopping=lambda: signals.requested)
-        if clients is None:
-            log.info("stopped before the broker was reached")
-            return 0
-        consumer, producer = clients
-        source = KafkaSource(consumer, settings.kafka.input_topic)
-        sink = KafkaSink(lambda: make_producer(settings), producer)
-        runner = Runner(source, sink, scorer, runner_config(settings))
-        signals.on_stop(runner.request_stop)
-        log.info("serving", input_topic=settings.kafka.input_topic, group_id=settings.kafka.group_id)
-        try:
-            counts = runner.run()
-        finally:
-            source.close()
-            sink.close()
-        log.info("stopped", signal=signals.received, **counts.summary())
-    return 0

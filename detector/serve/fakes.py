@@ -187,6 +187,12 @@ class MemorySource:
     def close(self) -> None:
         self.closed = True
 
+    def lag(self) -> dict[TopicPartition, int]:
+        return {tp: len(self.logs[tp]) - self.positions.get(tp, 0) for tp in sorted(self.assigned)}
+
+    def problem(self) -> str | None:
+        return "broker unreachable (scripted)" if self._failing_polls else None
+
 
 class MemorySink:
     """Keeps acknowledged records per topic. Faults: ``unreachable_flushes`` flushes acknowledge nothing;

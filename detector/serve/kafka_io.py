@@ -184,6 +184,7 @@ class KafkaSource:
     def __init__(self, consumer: KafkaConsumer, topic: str) -> None:
         self.consumer = consumer
         self.topic = topic
+        self._next: dict[KafkaTopicPartition, int] = {}  # per partition, the offset after the last one returned
 
     def start(self, listener: PartitionListener) -> None:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self.consumer, listener))
@@ -194,10 +195,36 @@ class KafkaSource:
         except kerr.KafkaError as err:
             raise SourceError(_error(err)) from err
         out: list[Message] = []
-        for records in batches.values():
+        for tp, records in batches.items():
             for r in records:
                 out.append(Message(r.topic, r.partition, r.offset, r.key, r.value, r.headers or (), r.timestamp))
+            if records:
+                self._next[tp] = records[-1].offset + 1
         return out
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """High watermark (from the last fetch response) minus the next offset this member hands out."""
+        lags: dict[TopicPartition, int] = {}
+        assignment = self.consumer._subscription.assignment  # kafka-python's own state: read without a request
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            position = self._next.get(tp)
+            if position is None:
+                state = assignment.get(tp)
+                position = state.position.offset if state is not None and state.position is not None else None
+            if high is not None and position is not None:
+                lags[TopicPartition(tp.topic, tp.partition)] = max(0, high - position)
+        self._next = {tp: n for tp, n in self._next.items() if tp in assignment}
+        return lags
+
+    def problem(self) -> str | None:
+        """Whether the client holds a live connection to the group coordinator (kafka-python's own view)."""
+        coordinator = self.consumer._coordinator.coordinator_id
+        if coordinator is None:
+            return "group coordinator unknown (broker unreachable?)"
+        if not self.consumer._client.connected(coordinator):
+            return f"no connection to the group coordinator (node {coordinator})"
+        return None
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         commit = {KafkaTopicPartition(*tp): OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}

@@ -121,6 +121,16 @@ class Source(Protocol):
         """Leave the group and release the connection; nothing is committed here."""
         ...
 
+    def lag(self) -> Mapping[TopicPartition, int]:
+        """Per assigned partition, the messages on the broker not yet returned by ``poll`` (where known).
+        Cheap and local: no request to the broker."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why the broker (the group's coordinator) cannot be reached now, as far as the client knows; None
+        when it can. Cheap and local."""
+        ...
+
 
 class Sink(Protocol):
     """Output records, produced asynchronously and acknowledged by :meth:`flush`."""

@@ -30,6 +30,12 @@ class Observer(Protocol):
 
     def dropped_on_revoke(self, messages: int) -> None: ...
 
+    def set_consumer_lag(self, lags: Mapping[TopicPartition, int]) -> None: ...
+
+    def model_loaded(self, version: str) -> None: ...
+
+    def alert_transitions(self, raised: int, cleared: int) -> None: ...
+
 
 @dataclass
 class Counters:
@@ -42,6 +48,9 @@ class Counters:
     commits: int = 0
     delivery_retries: int = 0
     dropped_on_revoke: int = 0
+    alerts_raised: int = 0
+    alerts_cleared: int = 0
+    models: list[str] = field(default_factory=list)  # every version served, in order
     dead_letters: Counter[str] = field(default_factory=Counter)
     batch_sizes: list[int] = field(default_factory=list)  # messages per completed batch, in order
 
@@ -55,6 +64,9 @@ class Counters:
             "commits": self.commits,
             "delivery_retries": self.delivery_retries,
             "dropped_on_revoke": self.dropped_on_revoke,
+            "alerts_raised": self.alerts_raised,
+            "alerts_cleared": self.alerts_cleared,
+            "models": list(self.models),
         }
 
 
@@ -90,6 +102,16 @@ class CountingObserver:
 
     def dropped_on_revoke(self, messages: int) -> None:
         self.counts.dropped_on_revoke += messages
+
+    def set_consumer_lag(self, lags: Mapping[TopicPartition, int]) -> None:
+        pass
+
+    def model_loaded(self, version: str) -> None:
+        self.counts.models.append(version)
+
+    def alert_transitions(self, raised: int, cleared: int) -> None:
+        self.counts.alerts_raised += raised
+        self.counts.alerts_cleared += cleared
 
 
 class SafeObserver:
@@ -129,3 +151,12 @@ class SafeObserver:
 
     def dropped_on_revoke(self, messages: int) -> None:
         self._call("dropped_on_revoke", messages)
+
+    def set_consumer_lag(self, lags: Mapping[TopicPartition, int]) -> None:
+        self._call("set_consumer_lag", lags)
+
+    def model_loaded(self, version: str) -> None:
+        self._call("model_loaded", version)
+
+    def alert_transitions(self, raised: int, cleared: int) -> None:
+        self._call("alert_transitions", raised, cleared)

@@ -18,6 +18,11 @@ What a caller may rely on:
   once delivered) and, for a partition this member keeps, reads again from there; a new owner reads from
   that commit.
 - Faults of the broker (poll, produce, commit) are retried with backoff and logged; they never end the loop.
+- Around the loop (each optional): ``health`` hears a beat on every iteration and retry, whether the broker
+  is reachable, whether the group is joined and which model serves; ``reloads`` (a checkpoint watcher's
+  ``take``) is asked for a new scorer between batches; ``alerts`` turns each batch's scored windows into
+  alert transitions, produced to ``alert_topic`` with the batch and acknowledged before its commit. Every
+  ``status_every_s`` the observer hears the consumer lag of each assigned partition.
 - :meth:`Runner.request_stop` only sets a flag (safe in a signal handler): the batch in hand is finished,
   delivered and committed, then :meth:`Runner.run` returns. If its output cannot be delivered within
   ``stop_grace_s`` the runner returns without committing it.
@@ -34,6 +39,8 @@ import structlog
 
 from detector.codec import Window, encode_json
 from detector.errors import WindowError
+from detector.ops.alerts import AlertTracker
+from detector.ops.http import Health
 from detector.scoring import Scorer
 from detector.serve.decode import decode_message, series_id_hint
 from detector.serve.dlq import dead_letter
@@ -58,6 +65,8 @@ class RunnerConfig:
     flush_timeout_s: float = 5.0  # one wait for acknowledgements before the wait is logged and retried
     backoff_s: tuple[float, float] = (0.25, 5.0)  # first and longest pause between retries of a broker fault
     stop_grace_s: float = 5.0  # after a stop request: how long undelivered output is retried
+    alert_topic: str = ""  # alert transitions go here (with an AlertTracker); empty = none
+    status_every_s: float = 1.0  # how often lag, broker reachability and an idle model swap are looked at
 
 
 class Backoff:
@@ -86,6 +95,9 @@ class Runner:
         config: RunnerConfig,
         *,
         observer: Observer | None = None,
+        health: Health | None = None,
+        reloads: Callable[[], Scorer | None] | None = None,
+        alerts: AlertTracker | None = None,
         clock: Callable[[], float] = time.monotonic,
         now_ms: Callable[[], int] = wall_ms,
         sleep: Callable[[float], None] = time.sleep,
@@ -99,6 +111,10 @@ class Runner:
         self.clock = clock
         self.now_ms = now_ms
         self._sleep_fn = sleep
+        self.health = health
+        self.reloads = reloads
+        self.alerts = alerts if config.alert_topic else None
+        self._status_at = float("-inf")
         self.log = structlog.get_logger("detector.serve")
         self._batch: list[Message] = []
         self._opened_at = 0.0
@@ -131,10 +147,14 @@ class Runner:
     def run(self, *, max_messages: int | None = None, idle_timeout_s: float | None = None) -> Counters:
         """Serve until a stop request, or ``max_messages`` consumed, or ``idle_timeout_s`` without input."""
         cfg = self.config
+        self._serving(self.scorer)
         self.source.start(self)
         consumed = 0
         idle_since = self.clock()
         while not self.stopping and (max_messages is None or consumed < max_messages):
+            self._beat()
+            if self.clock() >= self._status_at:
+                self._status()
             room = cfg.max_batch - len(self._batch)
             if max_messages is not None:
                 room = min(room, max_messages - consumed)
@@ -168,6 +188,8 @@ class Runner:
         try:
             messages = self.source.poll(timeout, room)
         except SourceError as err:
+            if self.health is not None:
+                self.health.set_broker(False, str(err))
             delay = self._poll_backoff.next()
             self.log.warning("poll failed; retrying", error=str(err), retry_in_s=delay)
             self._sleep(delay)
@@ -181,8 +203,7 @@ class Runner:
         """Close the batch in hand: decode, score, produce, flush, then commit. The only commit path."""
         batch, self._batch = self._batch, []
         started = self.clock()
-        if self._next_scorer is not None:
-            self.scorer, self._next_scorer = self._next_scorer, None
+        self._swap_if_due()
         records = self._records(batch, self.scorer)
         if not self._deliver(records):
             return  # stopping with output unacknowledged: no commit, the batch will be consumed again
@@ -235,7 +256,52 @@ class Runner:
             OutRecord(cfg.output_topic, record["series_id"].encode(), encode_json(record), JSON_HEADERS)
             for record in outputs
         ]
+        if self.alerts is not None:
+            produced.extend(self._alert_records(outputs))
         return produced + dead
+
+    def _alert_records(self, outputs: list[dict]) -> list[OutRecord]:
+        transitions = self.alerts.observe(outputs) if self.alerts is not None else []
+        if not transitions:
+            return []
+        raised = sum(1 for t in transitions if t["state"] == "raised")
+        self.observer.alert_transitions(raised, len(transitions) - raised)
+        for t in transitions:
+            self.log.info(f"alert {t['state']}", series_id=t["series_id"], window_id=t["window_id"],
+                          probability=round(t["probability"], 4), since=t["since"])  # fmt: skip
+        topic = self.config.alert_topic
+        return [OutRecord(topic, t["series_id"].encode(), encode_json(t), JSON_HEADERS) for t in transitions]
+
+    # -- around the batches: model swaps, health, lag ----------------------------------------------------
+
+    def _swap_if_due(self) -> None:
+        """Between batches: take the scorer waiting to be swapped in (from use_scorer or the watcher)."""
+        if self._next_scorer is None and self.reloads is not None:
+            self._next_scorer = self.reloads()
+        if self._next_scorer is not None:
+            previous, self.scorer, self._next_scorer = self.scorer, self._next_scorer, None
+            if self.scorer.version != previous.version:
+                self.log.info("serving a new model", model_version=self.scorer.version, previous=previous.version)
+            self._serving(self.scorer)
+
+    def _serving(self, scorer: Scorer) -> None:
+        self.observer.model_loaded(scorer.version)
+        if self.health is not None:
+            self.health.set_model(scorer.version)
+
+    def _beat(self) -> None:
+        if self.health is not None:
+            self.health.beat()
+
+    def _status(self) -> None:
+        """Every ``status_every_s``: lag per partition, broker reachability, a model swap while idle."""
+        self._status_at = self.clock() + self.config.status_every_s
+        self.observer.set_consumer_lag(self.source.lag())
+        if self.health is not None:
+            problem = self.source.problem()
+            self.health.set_broker(problem is None, problem or "")
+        if not self._batch:
+            self._swap_if_due()
 
     # -- deliver and commit -----------------------------------------------------------------------------
 
@@ -307,6 +373,8 @@ class Runner:
 
     def on_lost(self, partitions: Collection[TopicPartition]) -> None:
         self._forget(set(partitions), "partitions lost")
+        if self.health is not None:
+            self.health.set_group(False, "partitions lost (the member was evicted); rejoining")
 
     def _forget(self, partitions: set[TopicPartition], event: str) -> None:
         """Drop the unscored messages and pending commits of partitions that are no longer ours."""
@@ -322,11 +390,14 @@ class Runner:
 
     def on_assigned(self, partitions: Collection[TopicPartition]) -> None:
         self.log.info("partitions assigned", partitions=_names(partitions))
+        if self.health is not None:
+            self.health.set_group(True)  # joined, even with no partitions to read
 
     def _sleep(self, seconds: float, wake_on_stop: bool = True) -> None:
         """Sleep, waking early for a stop request (when ``wake_on_stop``)."""
         end = self.clock() + seconds
         while not (wake_on_stop and self.stopping) and (left := end - self.clock()) > 0:
+            self._beat()  # waiting out a broker fault is still progress: a restart would not help
             self._sleep_fn(min(left, 0.1))
 
 

@@ -42,8 +42,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 @pytest.fixture
 def topics(broker: EmbeddedBroker, request: pytest.FixtureRequest) -> Topics:
     base = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60] + "-" + uuid.uuid4().hex[:6]
-    made = Topics(input=f"{base}.in", output=f"{base}.out", dlq=f"{base}.dlq", group=f"{base}.group")
-    create_topics(broker.bootstrap_servers, [made.input, made.output, made.dlq])
+    made = Topics(
+        input=f"{base}.in", output=f"{base}.out", dlq=f"{base}.dlq", group=f"{base}.group", alerts=f"{base}.alerts"
+    )
+    create_topics(broker.bootstrap_servers, [made.input, made.output, made.dlq, made.alerts])
     return made
 
 

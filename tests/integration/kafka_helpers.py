@@ -28,6 +28,7 @@ class Topics:
     output: str
     dlq: str
     group: str
+    alerts: str = ""  # alert transitions; empty = off
 
 
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int = PARTITIONS) -> None:
@@ -116,11 +117,14 @@ def serve_env(bootstrap: str, topics: Topics, checkpoint: Path, **extra: str) ->
             "DETECTOR_KAFKA__OUTPUT_TOPIC": topics.output,
             "DETECTOR_KAFKA__DLQ_TOPIC": topics.dlq,
             "DETECTOR_KAFKA__GROUP_ID": topics.group,
+            "DETECTOR_KAFKA__ALERT_TOPIC": topics.alerts,
             "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
             "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
             "DETECTOR_MODEL__CHECKPOINT": str(checkpoint),
             "DETECTOR_MODEL__DEVICE": "cpu",
             "DETECTOR_LOG__FORMAT": "json",
+            "DETECTOR_HTTP__HOST": "127.0.0.1",
+            "DETECTOR_HTTP__PORT": "0",  # any free port: `Daemon.url` reads the one chosen from the log
             **extra,
         }
     )
@@ -167,6 +171,10 @@ class Daemon:
                 raise AssertionError(f"daemon exited ({self.process.returncode}) before {event!r}:\n{self.tail()}")
             time.sleep(0.1)
         raise AssertionError(f"no {event!r} in the daemon's log within {timeout_s} s:\n{self.tail()}")
+
+    def url(self, timeout_s: float = 30.0) -> str:
+        """Where the daemon's HTTP endpoints listen (from its "http listening" log line)."""
+        return str(self.wait_for_log("http listening", timeout_s)["url"])
 
     def tail(self, n: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
