@@ -115,6 +115,7 @@ class Runner:
         self.reloads = reloads
         self.alerts = alerts if config.alert_topic else None
         self._status_at = float("-inf")
+        self._status_failed = False
         self.log = structlog.get_logger("detector.serve")
         self._batch: list[Message] = []
         self._opened_at = 0.0
@@ -296,10 +297,16 @@ class Runner:
     def _status(self) -> None:
         """Every ``status_every_s``: lag per partition, broker reachability, a model swap while idle."""
         self._status_at = self.clock() + self.config.status_every_s
-        self.observer.set_consumer_lag(self.source.lag())
-        if self.health is not None:
-            problem = self.source.problem()
-            self.health.set_broker(problem is None, problem or "")
+        try:
+            lags, problem = self.source.lag(), self.source.problem()
+        except Exception as err:  # a client's internals changed under us: report, never stop serving
+            if not self._status_failed:
+                self._status_failed = True
+                self.log.error("cannot read lag and broker status from the client", error=repr(err))
+        else:
+            self.observer.set_consumer_lag(lags)
+            if self.health is not None:
+                self.health.set_broker(problem is None, problem or "")
         if not self._batch:
             self._swap_if_due()
 
