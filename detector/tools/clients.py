@@ -10,12 +10,13 @@ import heapq
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import FrameType
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kerr
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from detector.errors import ConfigError, DetectorError
 from detector.serve.kafka_io import BATCH_BYTES, client_config
@@ -65,6 +66,31 @@ def make_consumer(settings: Settings, client_id: str) -> KafkaConsumer:
         raise ConfigError(f"kafka settings rejected by the client: {err}") from None
     except (kerr.KafkaError, OSError) as err:
         raise _unreachable(settings, err) from None
+
+
+def create_topics(settings: Settings, names: Iterable[str], partitions: int = 4, replication: int = 1) -> list[str]:
+    """Create the topics that do not exist yet; the names created. Existing ones are left as they are."""
+    # the admin client takes the connection and security settings, not the consumer/producer-only ones
+    config = {k: v for k, v in _config(settings, "admin").items() if k in KafkaAdminClient.DEFAULT_CONFIG}
+    try:
+        admin = KafkaAdminClient(**config)
+    except kerr.KafkaConfigurationError as err:
+        raise ConfigError(f"kafka settings rejected by the client: {err}") from None
+    except (kerr.KafkaError, OSError) as err:
+        raise _unreachable(settings, err) from None
+    created = []
+    try:
+        for name in names:
+            try:
+                admin.create_topics([NewTopic(name, partitions, replication)])
+            except kerr.TopicAlreadyExistsError:
+                continue
+            except kerr.KafkaError as err:
+                raise DetectorError(f"cannot create topic {name}: {type(err).__name__}: {err}") from None
+            created.append(name)
+    finally:
+        close_quietly(admin)
+    return created
 
 
 def assign_topic(
@@ -178,7 +204,7 @@ class StopFlag:
                 signal.signal(sig, handler)
 
 
-def close_quietly(client: KafkaConsumer | KafkaProducer, timeout_s: float = 5.0) -> None:
+def close_quietly(client: KafkaConsumer | KafkaProducer | KafkaAdminClient, timeout_s: float = 5.0) -> None:
     """Close a client; a failure to close is not the user's problem once the work is done."""
     with contextlib.suppress(Exception):
         if isinstance(client, KafkaProducer):
