@@ -274,3 +274,91 @@ def test_json_and_f32_round_trip_any_finite_window(values: np.ndarray, series_id
     w32 = decode_f32(payload, dict(headers), (t, f))
     assert w32.series_id == series_id
     assert w32.values.tobytes() == values.astype("<f4").tobytes()
+
+
+# --- the fast path agrees with the generic one --------------------------------------------------------
+
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=4),
+    st.lists(st.integers(0, 2), max_size=3),
+)
+
+
+def _mostly(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Valid values nine times in ten, anything JSON else: with eight fields, both paths get exercised."""
+    return st.one_of(*[valid] * 9, _ANY)
+
+
+_VALUES = st.one_of(
+    st.lists(st.lists(st.floats(-1e6, 1e6) | st.integers(-5, 5), min_size=F, max_size=F), min_size=T, max_size=T),
+    st.lists(st.lists(st.floats(-1e40, 1e40), min_size=F, max_size=F), min_size=T, max_size=T),
+    st.lists(st.floats(-1e3, 1e3) | st.integers(-5, 5), min_size=T, max_size=T),
+    st.lists(st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=1), min_size=T, max_size=T),
+    st.lists(st.lists(st.integers(-5, 5) | st.booleans() | st.none(), min_size=1, max_size=F), min_size=1, max_size=T),
+    st.lists(st.floats(-1e3, 1e3) | st.text(max_size=1), min_size=1, max_size=T),
+    _ANY,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    values=_VALUES,
+    series_id=_mostly(st.text(min_size=1, max_size=3)) | st.text(min_size=255, max_size=257),
+    window_id=_mostly(st.none() | st.text(max_size=3) | st.integers(-(2**63), 2**63 - 1)),
+    start=_mostly(st.none() | st.integers(-(2**63), 2**63 - 1)),
+    step_ms=_mostly(st.none() | st.integers(-1, 2**40)),
+    labels=_mostly(st.none() | st.lists(st.integers(0, 1), min_size=T, max_size=T)),
+    event_type=_mostly(st.none() | st.text(max_size=3)),
+    ts=_mostly(st.none() | st.integers(0, 2**45)),
+    shape=st.sampled_from([None, (T, F), (T, F), (T, 1)]),
+)
+def test_fast_json_path_accepts_and_rejects_exactly_as_the_generic_path(
+    values: Any,
+    series_id: Any,
+    window_id: Any,
+    start: Any,
+    step_ms: Any,
+    labels: Any,
+    event_type: Any,
+    ts: Any,
+    shape: tuple[int, int] | None,
+) -> None:
+    """decode_json and decode_recording_line give the same window, or the same reason, as window_from_obj."""
+    from detector.codec import decode_recording_line, parse_json
+
+    obj = {"series_id": series_id, "values": values, "window_id": window_id, "start": start}
+    obj.update({"step_ms": step_ms, "labels": labels, "event_type": event_type, "_ts": ts})
+    data = _json(obj)
+    try:
+        with np.errstate(over="ignore"):
+            expected = window_from_obj(parse_json(data), shape)
+    except WindowError as err:
+        reason = err.reason
+    else:
+        reason = None
+    if reason is not None:
+        assert _reason(decode_json, data, shape) == reason
+        assert _reason(decode_recording_line, data, shape) == reason
+        return
+    with np.errstate(over="ignore"):
+        got, got_ts = decode_recording_line(data, shape)
+        assert_same_window(decode_json(data, shape), expected)
+    assert_same_window(got, expected)
+    assert got_ts == (ts if isinstance(ts, int) and not isinstance(ts, bool) else None)
+
+
+def assert_same_window(got: Any, expected: Any) -> None:
+    for field in ("series_id", "window_id", "start", "step_ms", "event_type"):
+        assert getattr(got, field) == getattr(expected, field)
+        assert type(getattr(got, field)) is type(getattr(expected, field))
+    assert got.values.dtype == expected.values.dtype
+    np.testing.assert_array_equal(got.values, expected.values)
+    if expected.labels is None:
+        assert got.labels is None
+    else:
+        assert got.labels.dtype == expected.labels.dtype
+        np.testing.assert_array_equal(got.labels, expected.labels)

@@ -104,6 +104,22 @@ def test_scores_do_not_depend_on_batch_size(variant, small_data):
     np.testing.assert_allclose(np.concatenate(chunks), whole.window_logit, atol=1e-5)
 
 
+def test_chunked_and_pooled_scoring_agree_with_one_pass(variant, small_data):
+    """A batch scored in small chunks, on a thread pool or not, agrees with one forward pass within 1e-5."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    whole = Scorer(variant["isotonic"], chunk=len(small_data)).score(small_data.values)
+    chunked = Scorer(variant["isotonic"], chunk=5)
+    with ThreadPoolExecutor(3) as pool:
+        for scores in (chunked.score(small_data.values), chunked.score(small_data.values, pool)):
+            np.testing.assert_allclose(scores.window_logit, whole.window_logit, atol=1e-5)
+            np.testing.assert_allclose(scores.probability, whole.probability, atol=1e-5)
+            if whole.step_logit is not None:
+                np.testing.assert_allclose(scores.step_logit, whole.step_logit, atol=1e-5)
+            if whole.event_probability is not None:
+                np.testing.assert_allclose(scores.event_probability, whole.event_probability, atol=1e-5)
+
+
 def test_training_is_deterministic_under_a_seed(fit_tiny):
     """The same seed gives byte-identical checkpoints; another seed gives another model."""
     a, b, c = fit_tiny(seed=3), fit_tiny(seed=3), fit_tiny(seed=4)
@@ -205,3 +221,16 @@ def test_auto_device_is_the_cpu_without_a_gpu():
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(ValueError, match="no CUDA"):
         resolve_device("cuda")
+
+
+def test_cuda_settings_fall_back_to_the_cpu_without_a_gpu(fit_tiny):
+    """Without a GPU, device=auto scores on the CPU, in fp32 whatever the precision, with CPU-sized chunks."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    scorer = Scorer(fit_tiny(), device="auto", precision="fp16")
+    assert scorer.device.type == "cpu"
+    assert scorer.autocast_dtype is None
+    assert scorer.chunk <= 1024
+    probs = scorer.score(np.random.default_rng(0).normal(size=(3, 16, 2)).astype(np.float32)).probability
+    assert np.isfinite(probs).all()
+    assert ((probs >= 0) & (probs <= 1)).all()
