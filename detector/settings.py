@@ -86,8 +86,9 @@ class ModelSettings(_Section):
     checkpoint: Path | None = None  # required by `serve` (checked there), watched for new versions
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # autocast on CUDA; CPU stays fp32
-    # CPU threads torch may use for scoring in `serve`; 0 = one fewer than the CPU cores (at least 1), which
-    # leaves a core to the Kafka clients: a torch thread pool competing for every core can score 10-100x slower.
+    # CPU threads torch may use for scoring in `serve`; 0 = one fewer than the CPUs this process may use (cgroup
+    # quota and affinity counted; at least 1), which leaves a core to the Kafka clients: a torch thread pool
+    # competing for every core can score 10-100x slower.
     cpu_threads: int = Field(default=0, ge=0)
 
     @field_validator("checkpoint", mode="before")

@@ -23,6 +23,7 @@ import structlog
 import torch
 
 from detector import __version__
+from detector.cpus import available_cpus
 from detector.errors import ConfigError
 from detector.model import checkpoint
 from detector.ops.alerts import AlertTracker
@@ -88,7 +89,7 @@ def load_scorer(settings: Settings) -> Scorer:
     if path is None:
         raise ConfigError("serve needs a checkpoint: set model.checkpoint (DETECTOR_MODEL__CHECKPOINT)")
     ckpt = checkpoint.load(path)
-    torch.set_num_threads(settings.model.cpu_threads or max(1, (os.cpu_count() or 1) - 1))
+    torch.set_num_threads(settings.model.cpu_threads or max(1, available_cpus() - 1))
     try:
         scorer = Scorer(ckpt, device=settings.model.device, precision=settings.model.precision)
     except ValueError as err:  # cuda asked for on a machine without one
