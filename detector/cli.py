@@ -40,7 +40,8 @@ def cli() -> None:
     """Streaming event detection on Kafka telemetry: train, calibrate and evaluate LSTM detectors, score
     recordings with them, and serve them on Kafka.
 
-    Start with `detector generate` for a labelled recording, then `train`, `calibrate`, `evaluate` and
+    `detector demo` runs the whole loop on this machine in about two and a half minutes. Otherwise start
+    with `detector generate` for a labelled recording, then `train`, `calibrate`, `evaluate` and
     `replay --offline`; `detector broker` and `detector serve` run the daemon. Every command answers --help.
     """
 
@@ -558,7 +559,7 @@ def demo(
     )
     result = run(options, say=_say, warn=_warn)
     if result.summary is not None:
-        _say(f"summary ({result.summary.seconds:.0f} s):")
+        _say(f"summary ({result.summary.seconds:.0f} s{', interrupted' if result.interrupted else ''}):")
         for line in result.summary.lines():
             _say(line)
     _say(
