@@ -65,8 +65,10 @@ def main() -> None:
     one = statistics.median(rate(scorer, values, 1, args.seconds) for _ in range(3))
     many = statistics.median(rate(scorer, values, batch, args.seconds) for _ in range(3))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"model: {scorer.checkpoint.network.model_dump()}  F={args.features} T={args.length}  "
-          f"torch threads={torch.get_num_threads()}")
+    print(
+        f"model: {scorer.checkpoint.network.model_dump()}  F={args.features} T={args.length}  "
+        f"torch threads={torch.get_num_threads()}"
+    )
     print(f"{'batch':>8} {'windows/s':>12}")
     print(f"{1:>8} {one:>12,.0f}")
     print(f"{batch:>8} {many:>12,.0f}")
