@@ -115,23 +115,13 @@ def model_only(settings: Settings, values: np.ndarray, seconds: float = 3.0) -> 
     from detector.serve.daemon import load_scorer
 
     scorer = load_scorer(settings)
-    pool = scoring_pool()
     batch = settings.batch.max_size
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         for lo in range(0, len(values) - batch + 1, batch):
-            scorer.score(values[lo : lo + batch], pool)
+            scorer.score(values[lo : lo + batch])
             done += batch
     return done / (time.perf_counter() - started)
-
-
-def scoring_pool() -> Any:
-    """The daemon's chunk-scoring pool, when its runner has one (None otherwise)."""
-    try:
-        from detector.serve.runner import scoring_pool as make_pool  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return make_pool()
 
 
 def produce_only(settings: Settings, topic: str, values: list[bytes], keys: list[bytes]) -> float:
@@ -278,7 +268,8 @@ def passthrough_main() -> None:
 def swap_dip(bootstrap: str, ckpt: Path, topic: str, n: int, logs: Path) -> tuple[float, dict[str, Any]]:
     """Drain ``n`` windows; a few seconds in, atomically replace the checkpoint with a new one. The dip is
     1 - (lowest 1-second output count from the replace to 3 s after the new model took over) / (median
-    1-second count before the replace)."""
+    1-second count of the other seconds, before and after). The same statistic over the seconds away from
+    the swap is reported beside it: the machine's own noise."""
     run = "swap"
     create_topics(bootstrap, [f"{run}.out", f"{run}.dlq", f"{run}.alerts"])
     live = logs / "swap.ckpt"
@@ -303,25 +294,29 @@ def swap_dip(bootstrap: str, ckpt: Path, topic: str, n: int, logs: Path) -> tupl
         daemon.stop()
         watch.close()
     outs = read_all(bootstrap, f"{run}.out", n)
-    versions = sorted({json.loads(r.value)["model_version"] for r in outs})
-    swapped = [r.timestamp for r in outs if json.loads(r.value)["model_version"] == _version(live)]
+    new_version = _version(live)
+    by_record = [(r.timestamp, json.loads(r.value)["model_version"]) for r in outs]
+    versions = {v for _, v in by_record}
+    swapped = [ts for ts, v in by_record if v == new_version]
     took_over_ms = min(swapped) if swapped else None
     stamps = np.array(sorted(r.timestamp for r in outs))
     lo = stamps[0]
-    counts = np.bincount(((stamps - lo) // 1000).astype(int))[:-1]  # the last second is partial
-    t_replace = (replaced_ms - lo) // 1000
-    t_end = ((took_over_ms or replaced_ms) - lo) // 1000 + 3
-    before = counts[1:t_replace]  # the first second holds the group join and start
-    during = counts[t_replace : t_end + 1]
-    baseline = float(np.median(before)) if len(before) else float("nan")
-    dip = max(0.0, 1.0 - float(during.min()) / baseline) if len(during) and baseline > 0 else float("nan")
-    noise = max(0.0, 1.0 - float(before[1:].min()) / baseline) if len(before) > 2 else float("nan")
+    counts = np.bincount(((stamps - lo) // 1000).astype(int))[1:-1]  # drop the partial first and last second
+    t_replace = (replaced_ms - lo) // 1000 - 1
+    t_end = ((took_over_ms or replaced_ms) - lo) // 1000 - 1 + 3
+    window = np.zeros(len(counts), dtype=bool)
+    window[max(0, t_replace) : t_end + 1] = True
+    baseline = float(np.median(counts[~window]))  # the steady rate around the swap, before and after it
+    dip = max(0.0, 1.0 - float(counts[window].min()) / baseline)
+    # The same statistic away from the swap: how large a "dip" the machine's own noise makes.
+    noise = max(0.0, 1.0 - float(counts[~window].min()) / baseline)
     detail = {
         "per_second": counts.tolist(),
         "replace_second": int(t_replace),
-        "took_over_second": None if took_over_ms is None else int((took_over_ms - lo) // 1000),
+        "took_over_second": None if took_over_ms is None else int((took_over_ms - lo) // 1000 - 1),
         "versions_seen": len(versions),
-        "dip_before_swap": round(noise, 3),
+        "baseline_per_second": baseline,
+        "largest_dip_away_from_swap": round(noise, 3),
     }
     return dip, detail
 
