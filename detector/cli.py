@@ -480,6 +480,10 @@ def serve(config: Path | None) -> None:
     reason. Offsets are committed only after the outputs are acknowledged (at-least-once). SIGTERM or
     Ctrl-C finishes the batch in hand, commits, leaves the group and exits 0. Logs are JSON lines on
     stderr (console lines on a terminal).
+
+    /metrics, /healthz and /readyz listen on http.host:http.port (default 0.0.0.0:9108). A new file at
+    model.checkpoint (checked every reload.poll_seconds) is validated, then swapped in between batches; a
+    bad one is refused and the old model keeps serving. Alert transitions go to kafka.alert_topic.
     """
     from detector.serve.daemon import serve as run
 
