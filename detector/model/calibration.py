@@ -7,7 +7,13 @@ is monotone non-decreasing in the logit and maps into [0, 1].
     none         p = sigmoid(z)
     temperature  p = sigmoid(z / T)                 one parameter, keeps the ranking and the 0.5 point
     platt        p = sigmoid(a * z + b)
-    isotonic     p = piecewise-linear non-decreasing map of sigmoid(z), fitted by isotonic regression
+    isotonic     p = (1 - e) * cir(sigmoid(z)) + e * sigmoid(z), e = 1e-6
+
+``cir`` is centred isotonic regression: scikit-learn's isotonic fit is a step function whose flat blocks
+tie every window inside them, which throws away the model's ranking (AUPRC fell from 0.911 to 0.878 on
+held-out data); drawing the map piecewise-linearly through the centre of each block keeps it increasing
+between blocks, and the 1e-6 share of the raw probability breaks the remaining ties (inside the first and
+last blocks) without moving any probability by more than 1e-6.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 import numpy as np
 
 METHODS = ("platt", "isotonic", "temperature")
+ISOTONIC_TIE_BREAK = 1e-6  # share of the raw probability in an isotonic map: the ranking survives calibration
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -62,12 +69,10 @@ def fit(method: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         return {"method": "platt", "a": a, "b": float(lr.intercept_[0])}
     if method == "isotonic":
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-        iso.fit(sigmoid(z), y)
-        return {
-            "method": "isotonic",
-            "x": [float(v) for v in iso.X_thresholds_],
-            "y": [float(v) for v in iso.y_thresholds_],
-        }
+        s = sigmoid(z)
+        values, block = np.unique(iso.fit(s, y).predict(s), return_inverse=True)
+        centres = np.bincount(block, weights=s) / np.bincount(block)  # increasing, as the blocks are
+        return {"method": "isotonic", "x": [float(v) for v in centres], "y": [float(v) for v in values]}
     raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -82,7 +87,9 @@ def apply(params: dict[str, Any], logits: np.ndarray) -> np.ndarray:
     elif method == "platt":
         p = sigmoid(float(params["a"]) * z + float(params["b"]))
     elif method == "isotonic":
-        p = np.interp(sigmoid(z), np.asarray(params["x"]), np.asarray(params["y"]))
+        s = sigmoid(z)
+        p = (1.0 - ISOTONIC_TIE_BREAK) * np.interp(s, np.asarray(params["x"]), np.asarray(params["y"]))
+        p += ISOTONIC_TIE_BREAK * s
     else:
         raise ValueError(f"unknown calibration method {method!r}")
     return np.clip(p, 0.0, 1.0)
