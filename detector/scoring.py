@@ -11,6 +11,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -34,6 +36,30 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but no CUDA device is available")
     return device
+
+
+class _Graph(torch.nn.Module):
+    """prepare + network with tensor outputs only (TorchScript has no None): absent heads give empty tensors."""
+
+    def __init__(self, net: torch.nn.Module, stats: InputStats) -> None:
+        super().__init__()
+        self.net, self.stats = net, stats
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net(prepare(x, self.stats))
+        empty = out.window.new_zeros(0)
+        return out.window, out.step if out.step is not None else empty, out.event if out.event is not None else empty
+
+
+def _compile(net: torch.nn.Module, stats: InputStats, shape: tuple[int, int]) -> torch.jit.ScriptModule | None:
+    """The frozen traced graph of :class:`_Graph`, or None where tracing fails (the eager path then serves)."""
+    example = torch.zeros((2, *shape), dtype=torch.float32)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the normalisation constants are baked in, as intended
+            return torch.jit.freeze(torch.jit.trace(_Graph(net, stats).eval(), example, check_trace=False))
+    except Exception:  # noqa: BLE001 - any tracing failure leaves the (slower) eager path, never a broken one
+        return None
 
 
 @dataclass(frozen=True)
@@ -60,11 +86,17 @@ class Scorer:
         # Autocast only on CUDA: CPU half precision is slower than fp32 for an LSTM and less accurate.
         self.autocast_dtype = PRECISIONS[precision] if self.device.type == "cuda" else None
         self.net = checkpoint.build().to(self.device)
-        self.stats = InputStats(checkpoint.stats.mean, checkpoint.stats.std)
+        self.stats = checkpoint.stats
         self.shape = (checkpoint.window_length, checkpoint.n_features)
         # Windows per forward pass; a larger batch is scored in chunks of this size (scores do not depend on it).
         self.chunk = chunk or (CUDA_CHUNK if self.device.type == "cuda" else CPU_CHUNK)
         self._staging: torch.Tensor | None = None  # pinned host buffer for copies to the GPU, grown on demand
+        # On the CPU, normalisation and network run as one frozen TorchScript graph: ~20% faster, and it runs
+        # without the GIL from end to end, so a scoring thread keeps its speed while the serving loop works
+        # in Python beside it (eager, every small op takes the GIL back: 6% of its speed in that case).
+        self.compiled: torch.jit.ScriptModule | None = _compile(self.net, self.stats, self.shape) if (
+            self.device.type == "cpu"
+        ) else None
 
     @property
     def version(self) -> str:
@@ -97,6 +129,14 @@ class Scorer:
     def _forward(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """One forward pass over contiguous float32 windows (B, T, F), B <= chunk."""
         x = torch.from_numpy(values)
+        if self.compiled is not None:
+            window, step, event = self.compiled(x)
+            has_step, has_event = self.net.step_head is not None, self.net.event_head is not None
+            return (
+                window.numpy(),
+                step.numpy() if has_step else None,
+                torch.softmax(event, dim=1).numpy() if has_event else None,
+            )
         if self.device.type == "cuda":
             x = self._to_device(x)
         inputs = prepare(x, self.stats)

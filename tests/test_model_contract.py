@@ -104,6 +104,22 @@ def test_scores_do_not_depend_on_batch_size(variant, small_data):
     np.testing.assert_allclose(np.concatenate(chunks), whole.window_logit, atol=1e-5)
 
 
+def test_the_compiled_cpu_graph_agrees_with_the_eager_network(variant, small_data):
+    """Every variant runs on the CPU as one frozen TorchScript graph, scoring as the eager network does."""
+    compiled = Scorer(variant["isotonic"])
+    eager = Scorer(variant["isotonic"])
+    eager.compiled = None
+    assert compiled.compiled is not None
+    a, b = compiled.score(small_data.values), eager.score(small_data.values)
+    for field in ("window_logit", "probability", "step_logit", "event_probability"):
+        if getattr(b, field) is None:
+            assert getattr(a, field) is None
+        else:
+            np.testing.assert_allclose(getattr(a, field), getattr(b, field), atol=1e-5)
+    clear = np.abs(b.probability - compiled.checkpoint.window.threshold) > 1e-5  # not on the threshold itself
+    np.testing.assert_array_equal(a.flag[clear], b.flag[clear])
+
+
 def test_chunked_and_pooled_scoring_agree_with_one_pass(variant, small_data):
     """A batch scored in small chunks, on a thread pool or not, agrees with one forward pass within 1e-5."""
     from concurrent.futures import ThreadPoolExecutor

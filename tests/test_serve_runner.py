@@ -94,6 +94,21 @@ def test_batches_close_when_full(scorer):
     assert [c[TopicPartition(TOPIC, 0)] for c in source.commits] == [4, 8, 10]
 
 
+def test_a_poll_reads_ahead_but_batches_stay_max_batch(scorer):
+    """A poll may take read_ahead batches' worth (so the client's next fetch goes out at once); the messages
+    held back are scored in order, max_batch at a time, each batch committed after its own delivery."""
+    source, sink = MemorySource(TOPIC, partitions=1), MemorySink()
+    ids = fill(source, scorer, 20, partitions=1)
+    asked: list[int] = []
+    poll = source.poll
+    source.poll = lambda timeout_s, max_records: (asked.append(max_records), poll(timeout_s, max_records))[1]
+    counts = Runner(source, sink, scorer, config(max_batch=4, max_wait_s=60, read_ahead=3)).run(idle_timeout_s=0.1)
+    assert asked[0] == 12
+    assert counts.batch_sizes == [4, 4, 4, 4, 4]
+    assert output_ids(sink) == ids
+    assert [c[TopicPartition(TOPIC, 0)] for c in source.commits] == [4, 8, 12, 16, 20]
+
+
 def test_batch_closes_when_its_first_message_has_waited_max_wait(scorer):
     """A batch that does not fill is scored once its first message has waited max_wait_s, not at the end."""
     source, sink = MemorySource(TOPIC), MemorySink()
@@ -227,6 +242,20 @@ def test_revoked_partitions_lose_their_unscored_messages_to_the_next_owner(score
     assert sorted(output_ids(sink)) == sorted(ids)
 
 
+def test_a_revoked_partition_loses_the_outputs_of_its_batch_under_way(scorer):
+    """A batch being scored (pipelined) when its partition is revoked produces nothing of that partition and
+    commits nothing of it; its work resumes for the next owner from the batch's first offset."""
+    source, sink = MemorySource(TOPIC, partitions=2), MemorySink()
+    fill(source, scorer, 12, partitions=2)
+    source.revoke([0], at_poll=2)  # poll 1 reads all 12 ahead; partition 0's first 4 are then under way
+    runner = Runner(source, sink, scorer, config(max_batch=4, max_wait_s=60, read_ahead=3))
+    counts = runner.run(idle_timeout_s=0.2)
+    assert counts.dropped_on_revoke == 6
+    assert {m["series_id"] for m in sink.values(OUT)} == {"s-1"}
+    assert len(sink.values(OUT)) == 6
+    assert source.committed == {TopicPartition(TOPIC, 0): 0, TopicPartition(TOPIC, 1): 6}
+
+
 def test_a_partition_kept_through_a_rebalance_is_read_again_from_where_its_work_stopped(scorer):
     """An eager rebalance revokes everything and gives some partitions back with their fetch position: the
     dropped messages of a kept partition are read again from the resume offset, so none is lost."""
@@ -325,6 +354,18 @@ def test_stop_gives_up_on_undeliverable_output_without_committing(scorer):
     assert source.commits == []
 
 
+def test_after_output_is_given_up_on_no_later_batch_is_committed(scorer):
+    """Stopping with a batch undeliverable: neither it nor the batches read after it are committed."""
+    source, sink = MemorySource(TOPIC, partitions=1), MemorySink()
+    fill(source, scorer, 12, partitions=1)
+    sink.unreachable_flushes = 10**9
+    runner = Runner(source, sink, scorer, config(max_batch=4, stop_grace_s=0.2))
+    threading.Timer(0.2, runner.request_stop).start()
+    runner.run()
+    assert source.commits == []
+    assert len(sink.sent) == 4  # the batches after the abandoned one were not even produced
+
+
 def test_a_new_scorer_takes_over_between_batches(scorer, other_scorer):
     """use_scorer swaps the model at a batch boundary: no batch is scored by two models."""
     source, sink = MemorySource(TOPIC, partitions=1), MemorySink()
@@ -333,7 +374,10 @@ def test_a_new_scorer_takes_over_between_batches(scorer, other_scorer):
     sink.on_ack = lambda records: runner.use_scorer(other_scorer)
     runner.run(idle_timeout_s=0.1)
     versions = [r["model_version"] for r in sink.values(OUT)]
-    assert versions == [scorer.version] * 4 + [other_scorer.version] * 8
+    batches = [versions[i : i + 4] for i in range(0, 12, 4)]
+    assert all(len(set(b)) == 1 for b in batches)  # never two models in one batch
+    # the swap lands on the next batch to be decoded: the one after the batch scored while the first was acked
+    assert [b[0] for b in batches] == [scorer.version, scorer.version, other_scorer.version]
 
 
 def test_a_failing_observer_does_not_break_the_loop(scorer):

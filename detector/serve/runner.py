@@ -6,14 +6,23 @@ differs (a stop request, a message count, an idle timeout).
 
 What a caller may rely on:
 
-- At-least-once. :meth:`Runner._complete` is the only place that commits, and it commits a batch's offsets
+- At-least-once. :meth:`Runner._finish` is the only place that commits, and it commits a batch's offsets
   only after every output and dead-letter record of that batch has been acknowledged by the sink. A crash
   at any moment leaves every uncommitted message to be consumed again (with the same ``window_id``).
 - A batch closes when it holds ``max_batch`` messages or its first message has waited ``max_wait_s``.
   It is decoded and scored by one model: :meth:`Runner.use_scorer` swaps the model between batches.
+- Pipelined: a batch is decoded on the calling thread and scored on a scoring thread; while it is scored,
+  the previous batch is delivered and committed, and the next one polled and decoded. At most two batches
+  are under way (one scoring, one delivering), always finished in order, so commits stay in offset order.
+  When no further batch is waiting, a batch is finished at once (no latency is added for the overlap).
+- Read-ahead: a poll takes up to ``read_ahead`` batches' worth of messages, so that the client's buffer is
+  emptied and its next fetch goes out at once, to arrive while the runner scores (kafka-python sends a
+  partition's next fetch only when nothing of it is buffered). The messages read ahead wait in the runner,
+  in order, for the batches after the one in hand; everything consumed is scored unless its partition
+  is revoked.
 - Bad input becomes a dead-letter record with its reason; it never raises out of the loop.
 - Rebalance: the unscored messages of revoked partitions are dropped, and nothing of theirs is produced
-  after the revocation. The runner hands the source, per revoked partition, the offset where its unfinished
+  after the revocation (the outputs of a batch being scored are dropped too). The runner hands the source, per revoked partition, the offset where its unfinished
   work starts: the source commits it (only a commit that failed can be pending, as a batch is committed
   once delivered) and, for a partition this member keeps, reads again from there; a new owner reads from
   that commit.
@@ -32,7 +41,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
@@ -41,13 +51,16 @@ from detector.codec import Window, encode_json
 from detector.errors import WindowError
 from detector.ops.alerts import AlertTracker
 from detector.ops.http import Health
-from detector.scoring import Scorer
+from detector.scoring import Scorer, Scores
 from detector.serve.decode import decode_message, series_id_hint
 from detector.serve.dlq import dead_letter
 from detector.serve.messages import CommitError, Message, OutRecord, Sink, Source, SourceError, TopicPartition
 from detector.serve.observer import Counters, CountingObserver, Observer, SafeObserver
 
 JSON_HEADERS = (("content-type", b"application/json"),)
+
+
+SCORING_POLL_S = 0.002  # poll timeout while a batch is being scored: its delivery waits at most this long
 
 
 def wall_ms() -> int:
@@ -67,6 +80,30 @@ class RunnerConfig:
     stop_grace_s: float = 5.0  # after a stop request: how long undelivered output is retried
     alert_topic: str = ""  # alert transitions go here (with an AlertTracker); empty = none
     status_every_s: float = 1.0  # how often lag, broker reachability and an idle model swap are looked at
+    read_ahead: int = 4  # a poll may take this many batches' worth of messages (see the module docstring)
+
+
+@dataclass
+class _InFlight:
+    """A batch handed to the scoring thread, waiting to be delivered and committed."""
+
+    batch: list[Message]
+    scorer: Scorer
+    windows: list[Window]
+    sources: list[Message]  # the message of each window
+    dead: list[tuple[Message, OutRecord]]
+    scoring: Future[tuple[Scores, float]] | None  # None when no message of the batch decoded
+    started: float
+    revoked: set[TopicPartition] = field(default_factory=set)  # outputs of these are dropped, not produced
+
+    @property
+    def scored(self) -> bool:
+        return self.scoring is None or self.scoring.done()
+
+
+def _timed_score(scorer: Scorer, values: np.ndarray, clock: Callable[[], float]) -> tuple[Scores, float]:
+    started = clock()
+    return scorer.score(values), clock() - started
 
 
 class Backoff:
@@ -118,6 +155,9 @@ class Runner:
         self._status_failed = False
         self.log = structlog.get_logger("detector.serve")
         self._batch: list[Message] = []
+        self._in_flight: _InFlight | None = None
+        self._abandoned = False  # a batch's output was given up on (stopping): nothing after it may be committed
+        self._scoring: ThreadPoolExecutor | None = None
         self._opened_at = 0.0
         self._stop_at: float | None = None
         self._next_scorer: Scorer | None = None
@@ -147,6 +187,15 @@ class Runner:
 
     def run(self, *, max_messages: int | None = None, idle_timeout_s: float | None = None) -> Counters:
         """Serve until a stop request, or ``max_messages`` consumed, or ``idle_timeout_s`` without input."""
+        self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector-score")
+        self._abandoned = False
+        try:
+            return self._run(max_messages, idle_timeout_s)
+        finally:
+            self._scoring.shutdown(wait=True)
+            self._scoring = None
+
+    def _run(self, max_messages: int | None, idle_timeout_s: float | None) -> Counters:
         cfg = self.config
         self._serving(self.scorer)
         self.source.start(self)
@@ -156,10 +205,12 @@ class Runner:
             self._beat()
             if self.clock() >= self._status_at:
                 self._status()
-            room = cfg.max_batch - len(self._batch)
+            if self._in_flight is not None and (not self._batch or self._in_flight.scored):
+                self._finish()  # scored, or nothing else to overlap it with: deliver it before polling again
+            room = cfg.max_batch * max(1, cfg.read_ahead) - len(self._batch)
             if max_messages is not None:
                 room = min(room, max_messages - consumed)
-            messages = self._poll(room)
+            messages = self._poll(room) if room > 0 else []
             now = self.clock()
             if messages:
                 if not self._batch:
@@ -170,22 +221,30 @@ class Runner:
                 self.observer.consumed(len(messages))
             full = len(self._batch) >= cfg.max_batch or (max_messages is not None and consumed >= max_messages)
             if self._batch and (full or now - self._opened_at >= cfg.max_wait_s):
-                self._complete()
+                self._advance()
+            elif self._in_flight is not None and self._in_flight.scored:
+                self._finish()
             elif not self._batch and self._uncommitted and now >= self._commit_retry_at:
                 self._commit({})
             if idle_timeout_s is not None and now - idle_since >= idle_timeout_s:
                 break
-        if self._batch:
-            self._complete()
+        # What is under way and what was read ahead is scored and delivered too, unless delivery fails.
+        while self._batch and not self._abandoned:
+            self._advance()
+        self._finish()
         if self._uncommitted:
             self._commit({})
         return self.counts
 
     def _poll(self, room: int) -> list[Message]:
-        if self._batch:
+        if len(self._batch) >= self.config.max_batch:
+            timeout = 0.0  # a batch is ready: only take what the client holds already
+        elif self._batch:
             timeout = max(0.0, self._opened_at + self.config.max_wait_s - self.clock())
         else:
             timeout = self.config.idle_poll_s
+        if self._in_flight is not None:
+            timeout = min(timeout, SCORING_POLL_S)  # come back soon to deliver the batch being scored
         try:
             messages = self.source.poll(timeout, room)
         except SourceError as err:
@@ -200,32 +259,48 @@ class Runner:
             self._poll_backoff.reset()
         return messages
 
-    def _complete(self) -> None:
-        """Close the batch in hand: decode, score, produce, flush, then commit. The only commit path."""
-        batch, self._batch = self._batch, []
-        started = self.clock()
+    def _advance(self) -> None:
+        """Close the batch in hand (the first ``max_batch`` messages held): decode it and hand it to the
+        scoring thread, then finish the batch before it (which was scored meanwhile)."""
+        size = self.config.max_batch
+        batch, self._batch = self._batch[:size], self._batch[size:]
         self._swap_if_due()
-        records = self._records(batch, self.scorer)
+        job = self._start(batch, self.scorer)
+        self._finish()
+        self._in_flight = job
+
+    def _finish(self) -> bool:
+        """Deliver the batch under way, then commit it: the only commit path. False when stopping with its
+        output unacknowledged (nothing is committed; the batch will be consumed again)."""
+        job, self._in_flight = self._in_flight, None
+        if job is None or self._abandoned:  # after an abandoned batch, later ones are not delivered either
+            return job is None and not self._abandoned
+        records = self._records(job)
         if not self._deliver(records):
-            return  # stopping with output unacknowledged: no commit, the batch will be consumed again
+            self._abandoned = True
+            return False
         offsets: dict[TopicPartition, int] = {}
-        for message in batch:
-            offsets[message.tp] = max(offsets.get(message.tp, 0), message.offset + 1)
+        for message in job.batch:
+            if message.tp not in job.revoked:
+                offsets[message.tp] = max(offsets.get(message.tp, 0), message.offset + 1)
         self._commit(offsets)
-        self.observer.batch_done(len(batch), self.clock() - started)
+        self.observer.batch_done(len(job.batch), self.clock() - job.started)
+        return True
 
     # -- decode and score -------------------------------------------------------------------------------
 
-    def _records(self, batch: list[Message], scorer: Scorer) -> list[OutRecord]:
+    def _start(self, batch: list[Message], scorer: Scorer) -> _InFlight:
+        """Decode ``batch`` (bad messages become dead letters) and submit its windows for scoring."""
         cfg = self.config
+        started = self.clock()
         windows: list[Window] = []
         sources: list[Message] = []
-        dead: list[OutRecord] = []
+        dead: list[tuple[Message, OutRecord]] = []
         for message in batch:
             try:
                 window = decode_message(message, scorer.shape, cfg.max_message_bytes)
             except WindowError as err:
-                dead.append(dead_letter(message, err, cfg.dlq_topic))
+                dead.append((message, dead_letter(message, err, cfg.dlq_topic)))
                 self.observer.dead_letter(err.reason)
                 self.log.warning(
                     "dead letter",
@@ -239,10 +314,27 @@ class Runner:
                 continue
             windows.append(window)
             sources.append(message)
-        if not windows:
+        scoring = None
+        if windows:
+            assert self._scoring is not None, "batches are scored inside run()"
+            scoring = self._scoring.submit(_timed_score, scorer, np.stack([w.values for w in windows]), self.clock)
+        return _InFlight(batch, scorer, windows, sources, dead, scoring, started)
+
+    def _records(self, job: _InFlight) -> list[OutRecord]:
+        """The batch's output, alert and dead-letter records, less those of partitions revoked meanwhile."""
+        cfg = self.config
+        dead = [record for message, record in job.dead if message.tp not in job.revoked]
+        if job.scoring is None:
             return dead
-        started = self.clock()
-        scores = scorer.score(np.stack([w.values for w in windows]))
+        scores, seconds = job.scoring.result()
+        scorer, windows, sources = job.scorer, job.windows, job.sources
+        if job.revoked:
+            keep = np.array([m.tp not in job.revoked for m in sources])
+            windows = [w for w, k in zip(windows, keep, strict=True) if k]
+            sources = [m for m, k in zip(sources, keep, strict=True) if k]
+            scores = _subset(scores, keep)
+            if not windows:
+                return dead
         scored_at = self.now_ms()
         latency = [float(scored_at - m.timestamp) if m.timestamp >= 0 else 0.0 for m in sources]
         ids: list[str | int] = [
@@ -251,7 +343,7 @@ class Runner:
         ]
         outputs = scorer.records(windows, scores, ids, [scored_at] * len(windows), latency)
         flagged = int(scores.flag.sum())
-        self.observer.scored(len(windows), flagged, self.clock() - started, latency)
+        self.observer.scored(len(windows), flagged, seconds, latency)
         self.log.debug("batch scored", windows=len(windows), flagged=flagged, dead_letters=len(dead))
         produced = [
             OutRecord(cfg.output_topic, record["series_id"].encode(), encode_json(record), JSON_HEADERS)
@@ -369,10 +461,11 @@ class Runner:
     # -- rebalance (called by the source from inside poll) ----------------------------------------------
 
     def on_revoked(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, int]:
-        """Drop the unscored messages of these partitions; where each one's unfinished work starts."""
+        """Drop the undelivered messages of these partitions; where each one's unfinished work starts."""
         revoked = set(partitions)
         resume = {tp: offset for tp, offset in self._uncommitted.items() if tp in revoked}
-        for message in self._batch:  # batches are contiguous: a dropped message starts where delivery stopped
+        held = self._in_flight.batch if self._in_flight is not None else []
+        for message in [*held, *self._batch]:  # contiguous: a dropped message starts where delivery stopped
             if message.tp in revoked:
                 resume[message.tp] = min(resume.get(message.tp, message.offset), message.offset)
         self._forget(revoked, "partitions revoked")
@@ -390,6 +483,10 @@ class Runner:
         keep = [m for m in self._batch if m.tp not in partitions]
         dropped = len(self._batch) - len(keep)
         self._batch = keep
+        if self._in_flight is not None:
+            fresh = partitions - self._in_flight.revoked
+            dropped += sum(1 for m in self._in_flight.batch if m.tp in fresh)
+            self._in_flight.revoked |= partitions
         if dropped:
             self.observer.dropped_on_revoke(dropped)
         if partitions:
@@ -406,6 +503,12 @@ class Runner:
         while not (wake_on_stop and self.stopping) and (left := end - self.clock()) > 0:
             self._beat()  # waiting out a broker fault is still progress: a restart would not help
             self._sleep_fn(min(left, 0.1))
+
+
+def _subset(scores: Scores, keep: np.ndarray) -> Scores:
+    """The scores of the windows where ``keep`` is True."""
+    pick = lambda a: None if a is None else a[keep]  # noqa: E731
+    return Scores(*(pick(getattr(scores, f)) for f in Scores.__dataclass_fields__))
 
 
 def _names(partitions: Collection[TopicPartition]) -> list[str]:
