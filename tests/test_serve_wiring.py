@@ -126,7 +126,7 @@ def test_clean_windows_clear_a_raised_alert(scorer: Scorer, tmp_path) -> None:
     source, sink = MemorySource(TOPIC), MemorySink()
     offered: list[Scorer] = [never]
     tracker = AlertTracker(raise_after=2, clear_after=2)
-    for i in range(9):  # the batch decoded after the first delivery (the third, as batches are pipelined) is clean
+    for i in range(9):  # batches decoded after the first delivery (the second or third: pipelined) are clean
         source.append_json(window(scorer, i, series="s-0"), partition=0)
     runner = Runner(
         source,

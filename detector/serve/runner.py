@@ -205,8 +205,8 @@ class Runner:
             self._beat()
             if self.clock() >= self._status_at:
                 self._status()
-            if self._in_flight is not None and (not self._batch or self._in_flight.scored):
-                self._finish()  # scored, or nothing else to overlap it with: deliver it before polling again
+            if self._in_flight is not None and self._in_flight.scored:
+                self._finish()  # deliver it before polling again (polls are short while a batch is scored)
             room = cfg.max_batch * max(1, cfg.read_ahead) - len(self._batch)
             if max_messages is not None:
                 room = min(room, max_messages - consumed)
