@@ -6,12 +6,11 @@ whichever path it takes. Scores do not depend on the batch a window is scored in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
-
-import warnings
 
 import numpy as np
 import torch
@@ -58,7 +57,7 @@ def _compile(net: torch.nn.Module, stats: InputStats, shape: tuple[int, int]) ->
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the normalisation constants are baked in, as intended
             return torch.jit.freeze(torch.jit.trace(_Graph(net, stats).eval(), example, check_trace=False))
-    except Exception:  # noqa: BLE001 - any tracing failure leaves the (slower) eager path, never a broken one
+    except Exception:  # any tracing failure leaves the (slower) eager path, never a broken one
         return None
 
 
@@ -94,9 +93,9 @@ class Scorer:
         # On the CPU, normalisation and network run as one frozen TorchScript graph: ~20% faster, and it runs
         # without the GIL from end to end, so a scoring thread keeps its speed while the serving loop works
         # in Python beside it (eager, every small op takes the GIL back: 6% of its speed in that case).
-        self.compiled: torch.jit.ScriptModule | None = _compile(self.net, self.stats, self.shape) if (
-            self.device.type == "cpu"
-        ) else None
+        self.compiled: torch.jit.ScriptModule | None = (
+            _compile(self.net, self.stats, self.shape) if (self.device.type == "cpu") else None
+        )
 
     @property
     def version(self) -> str:

@@ -14,7 +14,8 @@ What a caller may rely on:
 - Pipelined: a batch is decoded on the calling thread and scored on a scoring thread; while it is scored,
   the previous batch is delivered and committed, and the next one polled and decoded. At most two batches
   are under way (one scoring, one delivering), always finished in order, so commits stay in offset order.
-  When no further batch is waiting, a batch is finished at once (no latency is added for the overlap).
+  While a batch is scored the loop polls in steps of at most ``SCORING_POLL_S``, and delivers the batch as
+  soon as it is scored: the overlap adds at most that to a window's latency.
 - Read-ahead: a poll takes up to ``read_ahead`` batches' worth of messages, so that the client's buffer is
   emptied and its next fetch goes out at once, to arrive while the runner scores (kafka-python sends a
   partition's next fetch only when nothing of it is buffered). The messages read ahead wait in the runner,
@@ -22,10 +23,10 @@ What a caller may rely on:
   is revoked.
 - Bad input becomes a dead-letter record with its reason; it never raises out of the loop.
 - Rebalance: the unscored messages of revoked partitions are dropped, and nothing of theirs is produced
-  after the revocation (the outputs of a batch being scored are dropped too). The runner hands the source, per revoked partition, the offset where its unfinished
-  work starts: the source commits it (only a commit that failed can be pending, as a batch is committed
-  once delivered) and, for a partition this member keeps, reads again from there; a new owner reads from
-  that commit.
+  after the revocation (the outputs of a batch being scored are dropped too). The runner hands the
+  source, per revoked partition, the offset where its unfinished work starts: the source commits it
+  (only a commit that failed can be pending, as a batch is committed once delivered) and, for a
+  partition this member keeps, reads again from there; a new owner reads from that commit.
 - Faults of the broker (poll, produce, commit) are retried with backoff and logged; they never end the loop.
 - Around the loop (each optional): ``health`` hears a beat on every iteration and retry, whether the broker
   is reachable, whether the group is joined and which model serves; ``reloads`` (a checkpoint watcher's
@@ -39,6 +40,7 @@ What a caller may rely on:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -507,8 +509,8 @@ class Runner:
 
 def _subset(scores: Scores, keep: np.ndarray) -> Scores:
     """The scores of the windows where ``keep`` is True."""
-    pick = lambda a: None if a is None else a[keep]  # noqa: E731
-    return Scores(*(pick(getattr(scores, f)) for f in Scores.__dataclass_fields__))
+    changes = {f: getattr(scores, f)[keep] for f in Scores.__dataclass_fields__ if getattr(scores, f) is not None}
+    return dataclasses.replace(scores, **changes)
 
 
 def _names(partitions: Collection[TopicPartition]) -> list[str]:
