@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from harness import random_checkpoint
 from torch import nn
 
 from detector.model.checkpoint import Checkpoint
-from detector.model.config import NetworkConfig
-from detector.model.features import CHANNELS_PER_FEATURE, InputStats
-from detector.model.network import DetectorNet
+from detector.model.features import CHANNELS_PER_FEATURE
 from detector.scoring import Scorer
 
 OUT = Path(__file__).parent / "out"
@@ -35,17 +34,7 @@ F, T = 4, 64
 
 
 def checkpoint() -> Checkpoint:
-    torch.manual_seed(0)
-    network = NetworkConfig()
-    channels = F * CHANNELS_PER_FEATURE
-    return Checkpoint(
-        network=network,
-        state=DetectorNet(network, channels).state_dict(),
-        window_length=T,
-        feature_names=tuple(f"f{i}" for i in range(F)),
-        stats=InputStats((0.0,) * channels, (1.0,) * channels),
-        version="bench",
-    )
+    return random_checkpoint(F, T, version="bench")
 
 
 def sync(device: torch.device) -> None:

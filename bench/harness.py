@@ -22,8 +22,7 @@ from typing import Any
 import msgspec
 import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.admin import KafkaAdminClient
 
 from detector import synth
 from detector.codec import encode_f32
@@ -31,6 +30,8 @@ from detector.model.checkpoint import Checkpoint, save
 from detector.model.config import NetworkConfig
 from detector.model.features import CHANNELS_PER_FEATURE, InputStats
 from detector.model.network import DetectorNet
+from detector.settings import load_settings
+from detector.tools import clients
 
 PARTITIONS = 4
 
@@ -40,21 +41,25 @@ def median3(measure: Callable[[], float], runs: int = 3) -> tuple[float, list[fl
     return statistics.median(values), values
 
 
-def default_checkpoint(path: Path, features: int, length: int, seed: int = 0) -> Path:
-    """The default architecture with random weights (speed does not depend on them), saved to ``path``."""
+def random_checkpoint(features: int, length: int, seed: int = 0, version: str = "") -> Checkpoint:
+    """The default architecture with random weights (speed does not depend on them)."""
     torch.manual_seed(seed)
     network = NetworkConfig()
     channels = features * CHANNELS_PER_FEATURE
-    net = DetectorNet(network, channels)
-    ckpt = Checkpoint(
+    return Checkpoint(
         network=network,
-        state=net.state_dict(),
+        state=DetectorNet(network, channels).state_dict(),
         window_length=length,
         feature_names=tuple(f"f{i}" for i in range(features)),
         stats=InputStats((0.0,) * channels, (1.0,) * channels),
         training={"bench_seed": seed},
+        version=version,
     )
-    save(ckpt, path)
+
+
+def default_checkpoint(path: Path, features: int, length: int, seed: int = 0) -> Path:
+    """:func:`random_checkpoint`, saved to ``path``."""
+    save(random_checkpoint(features, length, seed), path)
     return path
 
 
@@ -84,13 +89,8 @@ def f32_records(lines: Iterable[dict[str, Any]]) -> list[Record]:
 
 
 def create_topics(bootstrap: str, names: Iterable[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        for name in names:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([NewTopic(name, PARTITIONS, 1)])
-    finally:
-        admin.close()
+    """Create the topics (PARTITIONS each) that do not exist yet, with the product's own admin helper."""
+    clients.create_topics(load_settings(environ={"DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap}), names, PARTITIONS)
 
 
 def fill(bootstrap: str, topic: str, records: list[Record]) -> None:

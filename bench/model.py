@@ -14,29 +14,14 @@ import time
 
 import numpy as np
 import torch
+from harness import random_checkpoint
 
-from detector.model.checkpoint import Checkpoint
-from detector.model.config import NetworkConfig
-from detector.model.features import CHANNELS_PER_FEATURE, InputStats
-from detector.model.network import DetectorNet
 from detector.scoring import Scorer
 from detector.settings import Settings
 
 
 def default_scorer(features: int, length: int) -> Scorer:
-    torch.manual_seed(0)
-    network = NetworkConfig()
-    net = DetectorNet(network, features * CHANNELS_PER_FEATURE)
-    channels = features * CHANNELS_PER_FEATURE
-    ckpt = Checkpoint(
-        network=network,
-        state=net.state_dict(),
-        window_length=length,
-        feature_names=tuple(f"f{i}" for i in range(features)),
-        stats=InputStats((0.0,) * channels, (1.0,) * channels),
-        version="bench",
-    )
-    return Scorer(ckpt, device="cpu")
+    return Scorer(random_checkpoint(features, length, version="bench"), device="cpu")
 
 
 def rate(scorer: Scorer, values: np.ndarray, batch: int, seconds: float) -> float:

@@ -3,7 +3,6 @@ daemon as a subprocess configured only by DETECTOR_* variables. All of it talks 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+
+from detector.settings import load_settings
+from detector.tools import clients
 
 PARTITIONS = 4
 
@@ -32,14 +32,9 @@ class Topics:
 
 
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int = PARTITIONS) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        for name in names:
-            # the embedded broker also creates a topic on first use (with 4 partitions as well)
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        admin.close()
+    """Create the topics that do not exist yet, with the product's own admin helper (the embedded broker
+    also creates a topic on first use, with 4 partitions as well)."""
+    clients.create_topics(load_settings(environ={"DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap}), names, partitions)
 
 
 def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> int:
