@@ -63,6 +63,7 @@ from detector.serve.messages import Message
 from detector.settings import Settings, load_settings
 
 OUT = Path(__file__).parent / "out"
+SWAP_SECONDS = 14  # how long the swap run drains at the measured e2e_f32 rate; the swap comes ~5 s in
 F, T = 4, 64
 
 
@@ -274,6 +275,8 @@ def swap_dip(bootstrap: str, ckpt: Path, topic: str, n: int, logs: Path) -> tupl
     create_topics(bootstrap, [f"{run}.out", f"{run}.dlq", f"{run}.alerts"])
     live = logs / "swap.ckpt"
     live.write_bytes(ckpt.read_bytes())
+    # Built before the daemon starts: the bench's own work must not load the machine during the swap.
+    fresh = default_checkpoint(logs / "swap.next.ckpt", F, T, seed=1)
     env = daemon_env(bootstrap, live, topic, run, DETECTOR_RELOAD__POLL_SECONDS="0.5")
     daemon = serve(env, logs / f"{run}.log")
     watch = GroupWatch(bootstrap, f"{run}.group")
@@ -283,7 +286,10 @@ def swap_dip(bootstrap: str, ckpt: Path, topic: str, n: int, logs: Path) -> tupl
                 raise SystemExit(f"bench: the daemon of the swap run exited:\n{daemon.tail()}")
             time.sleep(0.1)
         time.sleep(2.5)
-        fresh = default_checkpoint(logs / "swap.next.ckpt", F, T, seed=1)
+        if watch.committed() >= n:
+            raise SystemExit(
+                f"bench: the swap run drained its {n} windows before the swap; it needs a longer input topic"
+            )
         os.replace(fresh, live)
         replaced_ms = time.time_ns() // 1_000_000
         while watch.committed() < n:
@@ -344,16 +350,13 @@ def main() -> None:
     logs.mkdir(exist_ok=True)
     ckpt = default_checkpoint(OUT / "bench.ckpt", F, T)
     lines = windows(n, F, T)
-    swap_n = 3 * n if not args.quick else 2 * n
-    swap_lines = windows(swap_n, F, T, seed=5)
     print(f"bench: {n} windows F={F} T={T}, {PARTITIONS} partitions; default model; {os.cpu_count()} cores")
 
     with EmbeddedBroker("127.0.0.1", free_port(), output=logs / "broker.log") as broker:
         bs = broker.bootstrap_servers
-        create_topics(bs, ["in.json", "in.f32", "in.swap", "produce.out", "naive.out"])
+        create_topics(bs, ["in.json", "in.f32", "produce.out", "naive.out"])
         fill(bs, "in.json", json_records(lines))
         fill(bs, "in.f32", f32_records(lines))
-        fill(bs, "in.swap", f32_records(swap_lines))
         print(f"bench: topics filled in {time.monotonic() - began:.0f} s")
         env = daemon_env(bs, ckpt, "in.json", "stages")
         settings = settings_for(env)
@@ -421,6 +424,10 @@ def main() -> None:
         runs_detail["latency"] = {"rate": rate, "passthrough": passthrough, "daemon": served}
         print(f"bench: latency measured at {time.monotonic() - began:.0f} s")
 
+        # Sized by the rate just measured, so the drain lasts ~SWAP_SECONDS with the swap well inside it.
+        swap_n = int(r["e2e_f32"] * SWAP_SECONDS)
+        create_topics(bs, ["in.swap"])
+        fill(bs, "in.swap", f32_records(windows(swap_n, F, T, seed=5)))
         r["swap_dip"], runs_detail["swap"] = swap_dip(bs, ckpt, "in.swap", swap_n, logs)
         r["rss_mb"] = max(rss)
 

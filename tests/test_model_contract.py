@@ -120,6 +120,15 @@ def test_the_compiled_cpu_graph_agrees_with_the_eager_network(variant, small_dat
     np.testing.assert_array_equal(a.flag[clear], b.flag[clear])
 
 
+def test_a_new_scorer_is_warm_before_its_first_batch(variant):
+    """Building a scorer runs the graph until TorchScript has its optimised plan, so the thread that builds
+    it (the reload watcher's) pays the ~50 ms of profiling and optimisation, not the serving loop's first
+    batch after a swap. Without those calls the executor holds no optimised plan yet."""
+    scorer = Scorer(variant["isotonic"])
+    assert scorer.compiled is not None
+    assert len(scorer.compiled.get_debug_state().execution_plans) == 1
+
+
 def test_chunked_and_pooled_scoring_agree_with_one_pass(variant, small_data):
     """A batch scored in small chunks, on a thread pool or not, agrees with one forward pass within 1e-5."""
     from concurrent.futures import ThreadPoolExecutor
