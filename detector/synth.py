@@ -9,12 +9,18 @@ Two generators with different seeds share no series; ``SynthParams`` varies the 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import lfilter
 
 from detector.model.inject import EVENT_KINDS, EventSpec, inject_event
+
+# Events are sized in units of the noise's marginal std, and the seasonality on top reaches up to 4x that.
+# At the sizes training injects, a robust z-score of differences found F1 ~0.81 on generated windows and
+# many level shifts and drifts were invisible by eye; at 1.5x it finds ~0.87 (mean over 6 pairs of
+# calibration and test seeds), the difficulty the foundation issue describes for its accuracy target.
+GENERATED_EVENTS = EventSpec(gain=(1.5, 1.5))
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class SynthParams:
     season_period: tuple[float, float] = (16.0, 400.0)  # steps
     ar_coefficient: tuple[float, float] = (0.0, 0.9)
     kinds: tuple[str, ...] = EVENT_KINDS
-    events: EventSpec = field(default_factory=EventSpec)
+    events: EventSpec = GENERATED_EVENTS
     start_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
