@@ -209,4 +209,4 @@ def test_train_config_nested_env_override() -> None:
     s = load_settings(environ={"DETECTOR_TRAIN__NETWORK__HIDDEN_SIZE": "32", "DETECTOR_TRAIN__EPOCHS": "3"})
     assert s.train.network.hidden_size == 32
     assert s.train.epochs == 3
-    assert s.train.network.num_layers == 1
+    assert s.train.network.num_layers == 2  # a default, untouched by the override

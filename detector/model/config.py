@@ -19,7 +19,10 @@ class NetworkConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     hidden_size: int = Field(default=64, ge=1, le=4096)  # LSTM hidden units per direction
-    num_layers: int = Field(default=1, ge=1, le=8)  # stacked LSTM layers
+    # Two stacked layers: on generated recordings (two train/calibrate/test seed triples, two training seeds)
+    # window F1 rose from 0.87-0.92 to 0.90-0.94 and AUPRC from 0.92-0.955 to 0.93-0.964, for half the
+    # CPU throughput of one layer.
+    num_layers: int = Field(default=2, ge=1, le=8)  # stacked LSTM layers
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)  # between LSTM layers and before the heads
     bidirectional: bool = True  # both directions see a step's context before and after: finds edges and drifts
     window_head: bool = True  # one logit per window, from the pooled hidden states
