@@ -12,6 +12,7 @@ committing nothing more: what was not committed is consumed again by the next ow
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -105,6 +106,16 @@ def load_scorer(settings: Settings) -> Scorer:
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+def freeze_startup_heap() -> int:
+    """Move every object alive now (torch, the model, the Kafka clients) out of the cyclic collector's
+    reach, once start-up is done; returns how many there were. Python's full collections otherwise walk
+    all of them with the serving loop stopped: 80-135 ms each, a few times a minute under load (measured
+    at 2.5k windows/s, where they made the daemon's p99 latency). Later garbage is collected as before."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def serve(settings: Settings, log_stream: IO[str] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code (0 after a clean stop)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -175,6 +186,8 @@ def _run(
             alert_topic=settings.kafka.alert_topic or None,
             group_id=settings.kafka.group_id,
         )
+        frozen = freeze_startup_heap()
+        log.debug("start-up heap frozen", objects=frozen)
         try:
             counts = runner.run()
         finally:
