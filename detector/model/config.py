@@ -46,7 +46,10 @@ class AugmentConfig(BaseModel):
     recut: bool = True  # cut fresh windows at random offsets from the contiguous series a recording holds
     flip_sign: bool = True  # multiply a window's channels by -1 at random
     permute_channels: bool = True  # shuffle feature order at random (all features play the same role)
-    inject_rate: float = Field(default=0.5, ge=0.0, le=1.0)  # share of training windows that get a synthetic event
+    # Share of training windows that get a synthetic event. 0.25 rather than 0.5 leaves more of each batch
+    # to the recording's own labelled events: window F1 0.915-0.937 on three generated seed triples where
+    # 0.5 got 0.899-0.942 (two layers, default settings otherwise).
+    inject_rate: float = Field(default=0.25, ge=0.0, le=1.0)
 
 
 class TrainConfig(BaseModel):
