@@ -22,13 +22,14 @@ import torch
 
 from detector import evaluation, recordings, synth
 from detector.model import checkpoint
-from detector.model.config import NetworkConfig, TrainConfig
+from detector.model.config import AugmentConfig, NetworkConfig, TrainConfig
 from detector.model.train import train
 
 TRAIN_SEED, CALIBRATION_SEED = 101, 102
 FEATURES, LENGTH = 4, 64
 RECIPE = TrainConfig(
     network=NetworkConfig(hidden_size=32, num_layers=1),  # small and quick: the demo shows the daemon
+    augment=AugmentConfig(inject_rate=0.5),  # the bundled file was built with it
     epochs=30,
     steps_per_epoch=60,
     batch_size=128,
