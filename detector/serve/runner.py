@@ -271,23 +271,22 @@ class Runner:
         self._finish()
         self._in_flight = job
 
-    def _finish(self) -> bool:
-        """Deliver the batch under way, then commit it: the only commit path. False when stopping with its
-        output unacknowledged (nothing is committed; the batch will be consumed again)."""
+    def _finish(self) -> None:
+        """Deliver the batch under way, then commit it: the only commit path. When stopping with its output
+        unacknowledged nothing is committed, for it or after it (the batch will be consumed again)."""
         job, self._in_flight = self._in_flight, None
         if job is None or self._abandoned:  # after an abandoned batch, later ones are not delivered either
-            return job is None and not self._abandoned
+            return
         records = self._records(job)
         if not self._deliver(records):
             self._abandoned = True
-            return False
+            return
         offsets: dict[TopicPartition, int] = {}
         for message in job.batch:
             if message.tp not in job.revoked:
                 offsets[message.tp] = max(offsets.get(message.tp, 0), message.offset + 1)
         self._commit(offsets)
         self.observer.batch_done(len(job.batch), self.clock() - job.started)
-        return True
 
     # -- decode and score -------------------------------------------------------------------------------
 
