@@ -12,7 +12,8 @@ with the daemon's own settings and code (windows/s unless stated; median of 3 wh
   per_message        the naive loop: consume one, score one, produce one (acknowledged), commit one
   passthrough_p50/p99_ms, e2e_p50/p99_ms
                      input paced at half the e2e rate; latency from the input record's timestamp to its
-                     output record being readable by a consumer (after the broker acknowledged it)
+                     output record being readable by a consumer (after the broker acknowledged it);
+                     passthrough and daemon alternated, each run on a fresh broker, median of 3
   swap_dip           largest drop of 1-second throughput while a new checkpoint is swapped in
   rss_mb             the daemon's peak RSS (max over its runs)
 
@@ -225,6 +226,24 @@ def latency(bootstrap: str, run: str, child: Child, records: list[Any], ids: lis
     }
 
 
+def latency_run(kind: str, ckpt: Path, records: list[Any], ids: list[str], rate: float, logs: Path, i: int) -> dict:
+    """One latency run of the passthrough or the daemon, on a fresh broker: the embedded broker's latency
+    grows with what it holds (in one broker, three daemon runs in a row went from p99 56 to 106 to 161 ms),
+    so a run after the throughput runs, or after the other kind's run, would be measured on a slower one."""
+    with EmbeddedBroker("127.0.0.1", free_port(), output=logs / f"broker-{kind}-{i}.log") as broker:
+        bs = broker.bootstrap_servers
+        run = f"{kind}{i}"
+        create_topics(bs, [f"{run}.in", f"{run}.out", f"{run}.dlq", f"{run}.alerts"])
+        env = daemon_env(bs, ckpt, f"{run}.in", run)
+        if kind == "pass":
+            child = Child([sys.executable, __file__, "--passthrough"], env, logs / f"passthrough-{i}.log")
+        else:
+            child = serve(env, logs / f"latency-{i}.log")
+        child.wait_for("partitions assigned")
+        result = latency(bs, run, child, records, ids, rate)
+        return {**result, "rss_mb": child.peak_rss_mb} if kind != "pass" else result
+
+
 def passthrough_main() -> None:
     """Child mode: forward every input record to the output topic, no model, with the daemon's clients and
     its loop shape (poll -> send -> flush -> commit)."""
@@ -410,17 +429,14 @@ def main() -> None:
         paced = windows(int(rate * seconds), F, T, seed=9)
         ids = [ln["window_id"] for ln in paced]
         records = json_records(paced)
-        create_topics(bs, ["pass.in", "pass.out", "lat.in", "lat.out", "lat.dlq", "lat.alerts"])
-        pass_env = daemon_env(bs, ckpt, "pass.in", "pass")
-        child = Child([sys.executable, __file__, "--passthrough"], pass_env, logs / "passthrough.log")
-        child.wait_for("partitions assigned")
-        passthrough = latency(bs, "pass", child, records, ids, rate)
-        daemon = serve(daemon_env(bs, ckpt, "lat.in", "lat"), logs / "latency.log")
-        daemon.wait_for("partitions assigned")
-        served = latency(bs, "lat", daemon, records, ids, rate)
-        rss.append(daemon.peak_rss_mb)
-        r["passthrough_p50_ms"], r["passthrough_p99_ms"] = passthrough["p50"], passthrough["p99"]
-        r["e2e_p50_ms"], r["e2e_p99_ms"] = served["p50"], served["p99"]
+        passthrough, served = [], []
+        for i in range(runs):  # alternated, each on a broker of its own (see latency_run)
+            passthrough.append(latency_run("pass", ckpt, records, ids, rate, logs, i))
+            served.append(latency_run("daemon", ckpt, records, ids, rate, logs, i))
+            rss.append(served[-1].pop("rss_mb"))
+        for key, runs_of in (("passthrough", passthrough), ("e2e", served)):
+            r[f"{key}_p50_ms"] = statistics.median(x["p50"] for x in runs_of)
+            r[f"{key}_p99_ms"] = statistics.median(x["p99"] for x in runs_of)
         runs_detail["latency"] = {"rate": rate, "passthrough": passthrough, "daemon": served}
         print(f"bench: latency measured at {time.monotonic() - began:.0f} s")
 

@@ -154,6 +154,7 @@ def daemon_env(bootstrap: str, checkpoint: Path, input_topic: str, run: str, **e
             "DETECTOR_KAFKA__GROUP_ID": f"{run}.group",
             "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
             "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
+            "DETECTOR_KAFKA__FETCH_MAX_WAIT_MS": "10",
             "DETECTOR_MODEL__CHECKPOINT": str(checkpoint),
             "DETECTOR_HTTP__PORT": "0",
             "DETECTOR_LOG__FORMAT": "json",

@@ -33,6 +33,7 @@ def test_defaults_match_the_design_table() -> None:
     assert s.kafka.alert_topic == "alerts"
     assert s.kafka.group_id == "detector"
     assert (s.kafka.session_timeout_ms, s.kafka.heartbeat_interval_ms) == (45000, 3000)
+    assert s.kafka.fetch_max_wait_ms == 50
     assert s.kafka.security_protocol == "PLAINTEXT"
     assert s.kafka.sasl_mechanism is s.kafka.sasl_username is None
     assert s.kafka.sasl_password is s.kafka.ssl_cafile is None
@@ -191,6 +192,7 @@ def test_dev_config_suits_the_embedded_broker() -> None:
     s = load_settings(CONFIGS / "dev.yaml", environ={})
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert (s.kafka.session_timeout_ms, s.kafka.heartbeat_interval_ms) == (6000, 2000)
+    assert s.kafka.fetch_max_wait_ms == 10  # the embedded broker holds an empty fetch to its deadline
     assert s.model.checkpoint == Path("models/detector.ckpt")
 
 

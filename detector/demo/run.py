@@ -157,6 +157,7 @@ def serve_env(
             "DETECTOR_KAFKA__GROUP_ID": topics.group,
             "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",  # the embedded broker: join in ~3 s, not ~23 s
             "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
+            "DETECTOR_KAFKA__FETCH_MAX_WAIT_MS": "10",  # it answers an empty fetch late: keep it short
             "DETECTOR_MODEL__CHECKPOINT": str(model),
             "DETECTOR_HTTP__HOST": HOST,
             "DETECTOR_HTTP__PORT": str(http_port),

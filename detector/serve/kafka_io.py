@@ -35,10 +35,6 @@ from detector.settings import Settings
 RECONNECT_BACKOFF_MAX_MS = 2000  # kafka-python's default (30 s) would leave a daemon idle long after a broker is back
 BOOTSTRAP_TIMEOUT_MS = 5000  # one connection attempt of `connect`; it retries
 LINGER_MS = 5
-# How long the broker may hold a fetch while it has less than fetch_min_bytes. kafka-python's 500 ms showed up
-# whole in the latency on the embedded broker (Tansu answers at the deadline): p50 ~140 ms at 20 msg/s, vs
-# ~4 ms at 50 ms. Idle, it costs 20 small fetch requests a second per broker.
-FETCH_MAX_WAIT_MS = 50
 BATCH_BYTES = 256 * 1024  # per partition; a flush sends what is there without waiting for linger_ms
 COMMIT_TIMEOUT_MS = 10_000
 CLOSE_TIMEOUT_S = 3.0  # leaving the group and draining the producer, when the broker is slow or gone
@@ -84,7 +80,7 @@ def make_consumer(settings: Settings) -> KafkaConsumer:
         session_timeout_ms=k.session_timeout_ms,
         heartbeat_interval_ms=k.heartbeat_interval_ms,
         max_poll_records=settings.batch.max_size,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        fetch_max_wait_ms=k.fetch_max_wait_ms,
         allow_auto_create_topics=False,
     )
 

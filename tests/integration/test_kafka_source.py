@@ -11,7 +11,8 @@ from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaTopicPartition
 
 from detector.broker import EmbeddedBroker
-from detector.serve.kafka_io import KafkaSource
+from detector.settings import load_settings
+from detector.serve.kafka_io import KafkaSource, make_consumer
 from detector.serve.messages import Message, TopicPartition
 from tests.integration.kafka_helpers import Topics, produce
 
@@ -71,3 +72,36 @@ def test_revocation_commits_handed_back_offsets_and_kept_partitions_resume_from_
     committed = {p: consumer.committed(KafkaTopicPartition(topics.input, p)) for p in range(4)}
     assert all(offset is not None and offset >= 7 for offset in committed.values())
     source.close()
+
+
+def _arrival_ms(consumer: KafkaConsumer, bootstrap: str, topic: str, n: int) -> list[float]:
+    """Per record, produced one at a time into an idle partition: ms until this consumer's poll returns it."""
+    delays: list[float] = []
+    for i in range(n):
+        while consumer.poll(timeout_ms=300):  # drained, and its next fetch held by the broker for want of data
+            pass
+        sent = time.monotonic()
+        produce(bootstrap, topic, [(b"k", f"v{i}".encode(), [])])
+        got: dict = {}
+        while not got and time.monotonic() - sent < 10:
+            got = consumer.poll(timeout_ms=5)
+        assert got, "the record never arrived"
+        delays.append((time.monotonic() - sent) * 1000)
+    return delays
+
+
+def test_fetch_max_wait_reaches_the_consumer_and_bounds_what_an_idle_fetch_adds(broker: EmbeddedBroker, topics: Topics):
+    """`kafka.fetch_max_wait_ms` is the consumer's. The embedded broker answers a fetch that found nothing new
+    late, and a record arriving meanwhile waits for it: at 10 ms it arrives within a few ms."""
+    bootstrap = broker.bootstrap_servers
+    settings = load_settings(
+        environ={"DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "DETECTOR_KAFKA__FETCH_MAX_WAIT_MS": "10"}
+    )
+    consumer = make_consumer(settings)
+    try:
+        assert consumer.config["fetch_max_wait_ms"] == 10
+        consumer.assign([KafkaTopicPartition(topics.input, 0)])
+        delays = sorted(_arrival_ms(consumer, bootstrap, topics.input, 7))
+    finally:
+        consumer.close()
+    assert delays[3] < 50, delays  # the median: ~8 ms; ~80 at kafka-python's default (500 ms)
