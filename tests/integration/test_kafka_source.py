@@ -11,9 +11,9 @@ from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaTopicPartition
 
 from detector.broker import EmbeddedBroker
-from detector.settings import load_settings
 from detector.serve.kafka_io import KafkaSource, make_consumer
 from detector.serve.messages import Message, TopicPartition
+from detector.settings import load_settings
 from tests.integration.kafka_helpers import Topics, produce
 
 GROUP = {"enable_auto_commit": False, "session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
