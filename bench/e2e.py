@@ -226,7 +226,9 @@ def latency(bootstrap: str, run: str, child: Child, records: list[Any], ids: lis
     }
 
 
-def latency_run(kind: str, ckpt: Path, records: list[Any], ids: list[str], rate: float, logs: Path, i: int) -> dict:
+def latency_run(
+    kind: str, ckpt: Path, records: list[Any], ids: list[str], rate: float, logs: Path, i: int
+) -> tuple[dict, Child]:
     """One latency run of the passthrough or the daemon, on a fresh broker: the embedded broker's latency
     grows with what it holds (in one broker, three daemon runs in a row went from p99 56 to 106 to 161 ms),
     so a run after the throughput runs, or after the other kind's run, would be measured on a slower one."""
@@ -240,8 +242,7 @@ def latency_run(kind: str, ckpt: Path, records: list[Any], ids: list[str], rate:
         else:
             child = serve(env, logs / f"latency-{i}.log")
         child.wait_for("partitions assigned")
-        result = latency(bs, run, child, records, ids, rate)
-        return {**result, "rss_mb": child.peak_rss_mb} if kind != "pass" else result
+        return latency(bs, run, child, records, ids, rate), child
 
 
 def passthrough_main() -> None:
@@ -431,9 +432,10 @@ def main() -> None:
         records = json_records(paced)
         passthrough, served = [], []
         for i in range(runs):  # alternated, each on a broker of its own (see latency_run)
-            passthrough.append(latency_run("pass", ckpt, records, ids, rate, logs, i))
-            served.append(latency_run("daemon", ckpt, records, ids, rate, logs, i))
-            rss.append(served[-1].pop("rss_mb"))
+            passthrough.append(latency_run("pass", ckpt, records, ids, rate, logs, i)[0])
+            result, daemon = latency_run("daemon", ckpt, records, ids, rate, logs, i)
+            served.append(result)
+            rss.append(daemon.peak_rss_mb)
         for key, runs_of in (("passthrough", passthrough), ("e2e", served)):
             r[f"{key}_p50_ms"] = statistics.median(x["p50"] for x in runs_of)
             r[f"{key}_p99_ms"] = statistics.median(x["p99"] for x in runs_of)
