@@ -297,7 +297,8 @@ def replay(
         raise ConfigError("replay --offline needs --checkpoint (or model.checkpoint in the settings)")
     if not recording.is_file():
         raise DataError(f"{recording}: no such file")
-    scorer = Scorer(checkpoint.load(ckpt_path), device=settings.model.device, precision=settings.model.precision)
+    m = settings.model
+    scorer = Scorer(checkpoint.load(ckpt_path), device=m.device, precision=m.precision, cpu_bf16=m.cpu_bf16)
     dlq = dlq or out.with_name(out.name + ".dlq.jsonl")
     with tqdm(total=None, unit="win", desc="scoring", disable=not sys.stdout.isatty(), leave=False) as bar:
         result = score_file(scorer, recording, out, dlq, on_progress=bar.update)

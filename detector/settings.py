@@ -90,7 +90,10 @@ class ModelSettings(_Section):
 
     checkpoint: Path | None = None  # required by `serve` (checked there), watched for new versions
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # autocast on CUDA; CPU stays fp32
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # autocast on CUDA; CPU stays fp32 (see cpu_bf16)
+    # Opt in to bfloat16 on the CPU, where the CPU computes it natively (AVX512-BF16 or AMX): the default model
+    # scores ~1.4x faster, probabilities within ~0.03 of fp32. Elsewhere it scores in fp32, with a warning.
+    cpu_bf16: bool = False
     # CPU threads torch may use for scoring in `serve`; 0 = one fewer than the CPUs this process may use (cgroup
     # quota and affinity counted; at least 1), which leaves a core to the Kafka clients: a torch thread pool
     # competing for every core can score 10-100x slower.

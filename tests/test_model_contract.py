@@ -15,7 +15,7 @@ from detector.model import calibration, checkpoint
 from detector.model.checkpoint import Head
 from detector.model.network import BinaryActivation
 from detector.model.thresholds import choose_threshold, parse_rule
-from detector.scoring import Scorer, resolve_device
+from detector.scoring import Scorer, cpu_has_bf16, effective_precision, resolve_device
 
 VARIANTS = {
     "last": {"pooling": "last"},
@@ -254,8 +254,47 @@ def test_cuda_settings_fall_back_to_the_cpu_without_a_gpu(fit_tiny):
         pytest.skip("a GPU is present")
     scorer = Scorer(fit_tiny(), device="auto", precision="fp16")
     assert scorer.device.type == "cpu"
+    assert scorer.precision == "fp32"
     assert scorer.autocast_dtype is None
     assert scorer.chunk <= 1024
     probs = scorer.score(np.random.default_rng(0).normal(size=(3, 16, 2)).astype(np.float32)).probability
     assert np.isfinite(probs).all()
     assert ((probs >= 0) & (probs <= 1)).all()
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16")
+def test_cpu_bf16_on_a_cpu_that_has_it_scores_in_bf16_close_to_fp32(variant, small_data):
+    """cpu_bf16 on a CPU with native bfloat16 runs the network in bf16 (compiled, and eager alike): the
+    logits move, by little; the normalisation stays in float64/float32 and outputs come back float32."""
+    fp32 = Scorer(variant["isotonic"])
+    bf16 = Scorer(variant["isotonic"], cpu_bf16=True)
+    assert bf16.precision == "bf16"
+    assert bf16.compiled is not None
+    eager = Scorer(variant["isotonic"], cpu_bf16=True)
+    eager.compiled = None
+    a, b, c = fp32.score(small_data.values), bf16.score(small_data.values), eager.score(small_data.values)
+    assert b.window_logit.dtype == np.float32
+    assert not np.array_equal(a.window_logit, b.window_logit)  # it did run in another precision
+    np.testing.assert_allclose(c.window_logit, b.window_logit, atol=1e-5)
+    np.testing.assert_allclose(b.window_logit, a.window_logit, atol=0.05, rtol=0.02)
+    if a.step_logit is not None:
+        np.testing.assert_allclose(b.step_logit, a.step_logit, atol=0.05, rtol=0.02)
+    if a.event_probability is not None:
+        np.testing.assert_allclose(b.event_probability, a.event_probability, atol=0.02)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_cpu_stays_fp32_unless_cpu_bf16_and_the_cpu_has_it(monkeypatch, fit_tiny, small_data, native):
+    """model.precision is CUDA's (DESIGN.md: the CPU stays fp32); cpu_bf16 alone opts the CPU in, and only
+    where bfloat16 is native (emulated, it is slower than fp32)."""
+    monkeypatch.setattr("detector.scoring.cpu_has_bf16", lambda: native)
+    ckpt = fit_tiny()
+    fp32 = Scorer(ckpt).score(small_data.values)
+    for precision in ("bf16", "fp16"):
+        scorer = Scorer(ckpt, precision=precision)
+        assert scorer.precision == "fp32"
+        assert scorer.autocast_dtype is None
+        np.testing.assert_array_equal(scorer.score(small_data.values).window_logit, fp32.window_logit)
+    assert Scorer(ckpt, cpu_bf16=True).precision == ("bf16" if native else "fp32")
+    assert effective_precision(torch.device("cpu"), "bf16", cpu_bf16=True) == ("bf16" if native else "fp32")
+    assert effective_precision(torch.device("cuda"), "bf16") == "bf16"  # autocast there, whatever the CPU

@@ -282,3 +282,16 @@ def test_the_probe_batch_is_fixed_finite_and_varied():
     np.testing.assert_array_equal(first, again)
     assert np.all(np.isfinite(first))
     assert len({w.tobytes() for w in first}) == 12
+
+
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_a_reloaded_model_scores_in_the_precision_of_the_one_it_replaces(model_file, base, monkeypatch, cpu_bf16):
+    """The watcher builds new scorers as the daemon built the first: model.cpu_bf16 carries over a swap."""
+    monkeypatch.setattr("detector.scoring.cpu_has_bf16", lambda: True)
+    path, serving = model_file
+    watcher = watcher_for(path, serving, Recorder(), cpu_bf16=cpu_bf16)
+    checkpoint.save(variant(base, 0.6), path)
+    assert accepted(watcher.poll_once()) is True
+    scorer = watcher.take()
+    assert scorer is not None
+    assert scorer.precision == ("bf16" if cpu_bf16 else "fp32")

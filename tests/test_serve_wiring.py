@@ -6,17 +6,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
+import structlog
+import torch
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from detector.model import checkpoint
 from detector.ops.alerts import AlertTracker
 from detector.ops.http import Health
 from detector.ops.metrics import METRIC_NAMES, PrometheusObserver
 from detector.scoring import Scorer
+from detector.serve.daemon import _log_model, load_scorer
 from detector.serve.fakes import MemorySink, MemorySource
 from detector.serve.messages import TopicPartition
 from detector.serve.runner import Runner
+from detector.settings import load_settings
 from tests.test_serve_runner import OUT, TOPIC, config, fill, window
 from tests.test_serve_runner import other_scorer as other_scorer  # fixtures
 from tests.test_serve_runner import scorer as scorer
@@ -240,3 +246,33 @@ def test_the_start_up_heap_leaves_the_collector_and_a_replaced_model_is_still_fr
         assert later() is None
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    ("precision", "cpu_bf16", "native_bf16", "runs", "warned"),
+    [
+        ("bf16", False, True, "fp32", False),  # model.precision is CUDA's: the CPU stays fp32, as documented
+        ("fp32", True, True, "bf16", False),
+        ("fp32", True, False, "fp32", True),  # asked for, not available here: said so
+    ],
+)
+def test_the_daemon_says_which_precision_it_scores_in(
+    precision, cpu_bf16, native_bf16, runs, warned, scorer, tmp_path, monkeypatch
+):
+    """The "model loaded" line names the precision in use; cpu_bf16 on a CPU without it adds a warning."""
+    monkeypatch.setattr("detector.scoring.cpu_has_bf16", lambda: native_bf16)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # load_scorer's, process-wide otherwise
+    path = tmp_path / "m.ckpt"
+    checkpoint.save(scorer.checkpoint, path)
+    model = {"checkpoint": path, "device": "cpu", "precision": precision, "cpu_bf16": cpu_bf16}
+    settings = load_settings(environ={}, model=model)
+    served = load_scorer(settings)
+    with capture_logs() as logs:
+        _log_model(structlog.get_logger("detector.serve"), settings, served)
+    assert torch.get_num_threads() == threads
+    loaded = [line for line in logs if line["event"] == "model loaded"]
+    assert loaded[0]["precision"] == runs
+    warnings = [line["event"] for line in logs if line["log_level"] == "warning"]
+    assert len(warnings) == int(warned)
+    assert all("cpu_bf16" in w for w in warnings)

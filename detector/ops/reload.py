@@ -105,6 +105,7 @@ class CheckpointWatcher:
         on_result: Callable[[ReloadOutcome], None] | None = None,
         *,
         serving_version: str | None = None,
+        cpu_bf16: bool = False,
         probe_size: int = 8,
         full_check_every: int = 12,
     ) -> None:
@@ -115,6 +116,7 @@ class CheckpointWatcher:
         self.expected_shape = (int(expected_shape[0]), int(expected_shape[1]))
         self.device = device
         self.precision = precision
+        self.cpu_bf16 = cpu_bf16
         self.on_result = on_result
         self.full_check_every = max(1, full_check_every)
         self._probe = probe_batch(probe_size, *self.expected_shape)
@@ -251,7 +253,7 @@ class CheckpointWatcher:
                 f"the serving model (and the topic) {self.expected_shape[0]} x {self.expected_shape[1]}",
             )
         try:
-            scorer = Scorer(ckpt, device=self.device, precision=self.precision)
+            scorer = Scorer(ckpt, device=self.device, precision=self.precision, cpu_bf16=self.cpu_bf16)
         except Exception as err:
             raise _Rejected("scorer", f"cannot build a scorer on {self.device}: {_one_line(err)}") from None
         try:

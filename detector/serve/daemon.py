@@ -93,7 +93,8 @@ def load_scorer(settings: Settings) -> Scorer:
     ckpt = checkpoint.load(path)
     torch.set_num_threads(settings.model.cpu_threads or max(1, available_cpus() - 1))
     try:
-        scorer = Scorer(ckpt, device=settings.model.device, precision=settings.model.precision)
+        m = settings.model
+        scorer = Scorer(ckpt, device=m.device, precision=m.precision, cpu_bf16=m.cpu_bf16)
     except ValueError as err:  # cuda asked for on a machine without one
         raise ConfigError(f"invalid setting model.device (DETECTOR_MODEL__DEVICE): {err}") from None
     scorer.score(np.zeros((1, *scorer.shape), dtype=np.float32))  # warm up before the first real batch
@@ -141,6 +142,7 @@ def serve(settings: Settings, log_stream: IO[str] | None = None) -> int:
             settings.model.device,
             settings.model.precision,
             on_result=reloaded,
+            cpu_bf16=settings.model.cpu_bf16,
             serving_version=scorer.version,
         ).start()
         try:
@@ -210,5 +212,10 @@ def _log_model(log: structlog.typing.FilteringBoundLogger, settings: Settings, s
         threshold=float(ck.window.threshold),
         step_head=ck.step is not None,
         device=str(scorer.device),
+        precision=scorer.precision,
         cpu_threads=torch.get_num_threads(),
     )
+    if settings.model.cpu_bf16 and scorer.device.type == "cpu" and scorer.precision != "bf16":
+        log.warning(
+            "model.cpu_bf16 asked for, but this CPU has no native bfloat16 (AVX512-BF16 or AMX); scoring in fp32"
+        )
