@@ -14,11 +14,17 @@ with the daemon's own settings and code (windows/s unless stated; median of 3 wh
                      input paced at half the e2e rate; latency from the input record's timestamp to its
                      output record being readable by a consumer (after the broker acknowledged it);
                      passthrough and daemon alternated, each run on a fresh broker, median of 3
+  model_only_bf16, e2e_bf16
+                     the same with model.cpu_bf16=true, where the CPU has native bfloat16 (else left out)
+  floor_p50/p99_ms   the daemon's latency at the same rate with a near-free model (hidden 8, one layer, one
+                     direction) and batch.max_wait_ms=1: what the serving path costs beside the passthrough
+                     when neither the model nor the batch wait takes any time
   swap_dip           largest drop of 1-second throughput while a new checkpoint is swapped in (median of 3)
   rss_mb             the daemon's peak RSS (max over its runs)
 
-and the ratios e2e_over_bound, e2e_over_serial, e2e_over_per_message, p99_over_passthrough. The table goes
-to stdout and bench/out/results.md; the figures to bench/out/results.json.
+and the ratios e2e_over_bound, e2e_over_serial, e2e_over_per_message, p99_over_passthrough (and
+floor_p99_over_passthrough). The table goes to stdout and bench/out/results.md; the figures to
+bench/out/results.json.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ from kafka import TopicPartition
 
 from detector.broker import EmbeddedBroker
 from detector.codec import decode_json, encode_json
+from detector.model.config import NetworkConfig
+from detector.scoring import cpu_has_bf16
 from detector.serve.decode import decode_message
 from detector.serve.messages import Message
 from detector.settings import Settings, load_settings
@@ -66,6 +74,10 @@ from detector.settings import Settings, load_settings
 OUT = Path(__file__).parent / "out"
 SWAP_SECONDS = 14  # how long the swap run drains at the measured e2e_f32 rate; the swap comes ~5 s in
 F, T = 4, 64
+# The serving path with (almost) nothing to do: a model of ~1% of the default's work, batches closed after 1 ms.
+FLOOR_NETWORK = NetworkConfig(hidden_size=8, num_layers=1, bidirectional=False)
+FLOOR_ENV = {"DETECTOR_BATCH__MAX_WAIT_MS": "1"}
+BF16 = cpu_has_bf16()  # model.cpu_bf16=true runs in bf16 on this CPU: measured beside fp32 (model_only, e2e)
 
 
 def free_port() -> int:
@@ -227,7 +239,7 @@ def latency(bootstrap: str, run: str, child: Child, records: list[Any], ids: lis
 
 
 def latency_run(
-    kind: str, ckpt: Path, records: list[Any], ids: list[str], rate: float, logs: Path, i: int
+    kind: str, ckpt: Path, records: list[Any], ids: list[str], rate: float, logs: Path, i: int, **extra: str
 ) -> tuple[dict, Child]:
     """One latency run of the passthrough or the daemon, on a fresh broker: the embedded broker's latency
     grows with what it holds (in one broker, three daemon runs in a row went from p99 56 to 106 to 161 ms),
@@ -236,11 +248,11 @@ def latency_run(
         bs = broker.bootstrap_servers
         run = f"{kind}{i}"
         create_topics(bs, [f"{run}.in", f"{run}.out", f"{run}.dlq", f"{run}.alerts"])
-        env = daemon_env(bs, ckpt, f"{run}.in", run)
+        env = daemon_env(bs, ckpt, f"{run}.in", run, **extra)
         if kind == "pass":
             child = Child([sys.executable, __file__, "--passthrough"], env, logs / f"passthrough-{i}.log")
         else:
-            child = serve(env, logs / f"latency-{i}.log")
+            child = serve(env, logs / f"latency-{kind}-{i}.log")
         child.wait_for("partitions assigned")
         return latency(bs, run, child, records, ids, rate), child
 
@@ -400,6 +412,9 @@ def main() -> None:
         threads_before = torch.get_num_threads()
         r["model_only"], runs_detail["model_only"] = median3(lambda: model_only(settings, values), runs)
         model_threads = torch.get_num_threads()
+        if BF16:
+            bf16 = settings_for({**env, "DETECTOR_MODEL__CPU_BF16": "true"})
+            r["model_only_bf16"], runs_detail["model_only_bf16"] = median3(lambda: model_only(bf16, values), runs)
         torch.set_num_threads(threads_before)
         out_values = sample_outputs(settings, consumed[:n])
         keys = [m.key or b"" for m in consumed[:n]]
@@ -409,7 +424,7 @@ def main() -> None:
         print(f"bench: stages measured at {time.monotonic() - began:.0f} s")
 
         rss: list[float] = []
-        e2e_json, e2e_f32 = [], []
+        e2e_json, e2e_f32, e2e_bf16 = [], [], []
         for i in range(runs):
             rate, daemon = drain(bs, ckpt, "in.json", n, f"e2e-json-{i}", logs)
             e2e_json.append(rate)
@@ -417,8 +432,15 @@ def main() -> None:
             rate, daemon = drain(bs, ckpt, "in.f32", n, f"e2e-f32-{i}", logs)
             e2e_f32.append(rate)
             rss.append(daemon.peak_rss_mb)
+            if BF16:
+                extra = {"DETECTOR_MODEL__CPU_BF16": "true"}
+                rate, daemon = drain(bs, ckpt, "in.json", n, f"e2e-bf16-{i}", logs, **extra)
+                e2e_bf16.append(rate)
+                rss.append(daemon.peak_rss_mb)
         r["e2e"], runs_detail["e2e"] = statistics.median(e2e_json), e2e_json
         r["e2e_f32"], runs_detail["e2e_f32"] = statistics.median(e2e_f32), e2e_f32
+        if BF16:
+            r["e2e_bf16"], runs_detail["e2e_bf16"] = statistics.median(e2e_bf16), e2e_bf16
         print(f"bench: e2e measured at {time.monotonic() - began:.0f} s")
 
         r["per_message"], runs_detail["per_message"] = median3(
@@ -430,16 +452,18 @@ def main() -> None:
         paced = windows(int(rate * seconds), F, T, seed=9)
         ids = [ln["window_id"] for ln in paced]
         records = json_records(paced)
-        passthrough, served = [], []
+        tiny = default_checkpoint(OUT / "floor.ckpt", F, T, network=FLOOR_NETWORK)
+        passthrough, served, floor = [], [], []
         for i in range(runs):  # alternated, each on a broker of its own (see latency_run)
             passthrough.append(latency_run("pass", ckpt, records, ids, rate, logs, i)[0])
             result, daemon = latency_run("daemon", ckpt, records, ids, rate, logs, i)
             served.append(result)
             rss.append(daemon.peak_rss_mb)
-        for key, runs_of in (("passthrough", passthrough), ("e2e", served)):
+            floor.append(latency_run("floor", tiny, records, ids, rate, logs, i, **FLOOR_ENV)[0])
+        for key, runs_of in (("passthrough", passthrough), ("e2e", served), ("floor", floor)):
             r[f"{key}_p50_ms"] = statistics.median(x["p50"] for x in runs_of)
             r[f"{key}_p99_ms"] = statistics.median(x["p99"] for x in runs_of)
-        runs_detail["latency"] = {"rate": rate, "passthrough": passthrough, "daemon": served}
+        runs_detail["latency"] = {"rate": rate, "passthrough": passthrough, "daemon": served, "floor": floor}
         print(f"bench: latency measured at {time.monotonic() - began:.0f} s")
 
         # Sized by the rate just measured, so the drain lasts ~SWAP_SECONDS with the swap well inside it.
@@ -458,12 +482,16 @@ def main() -> None:
     r["e2e_over_serial"] = r["e2e"] * serial
     r["e2e_over_per_message"] = r["e2e"] / r["per_message"]
     r["p99_over_passthrough"] = r["e2e_p99_ms"] / r["passthrough_p99_ms"]
+    r["floor_p99_over_passthrough"] = r["floor_p99_ms"] / r["passthrough_p99_ms"]
     r = {k: round(float(v), 3) for k, v in r.items()}
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "torch_threads_model": model_threads,
+        "bf16": "native on this CPU: model_only_bf16 and e2e_bf16 with model.cpu_bf16=true (JSON input)"
+        if BF16
+        else "not native on this CPU: not measured",
         "command": "make bench" if not args.quick else "bench/e2e.py --quick",
         "windows": n,
         "runs": runs,
@@ -517,6 +545,8 @@ def render(r: dict[str, float], meta: dict[str, Any]) -> str:
             op, bound = LIMITS[key]
             ok = value >= bound if op == ">=" else value <= bound
             check = f"{op} {bound:g}: {'ok' if ok else 'NOT MET'}"
+        if key.endswith("_bf16"):
+            check = f"{value / r[key.removesuffix('_bf16')]:.2f}x the fp32 figure"
         if key == "e2e_f32":
             ok = value >= 1.5 * r["e2e"]
             check = f">= 1.5 x e2e ({value / r['e2e']:.2f}x): {'ok' if ok else 'see RESULTS.md'}"

@@ -42,10 +42,12 @@ def median3(measure: Callable[[], float], runs: int = 3) -> tuple[float, list[fl
     return statistics.median(values), values
 
 
-def random_checkpoint(features: int, length: int, seed: int = 0, version: str = "") -> Checkpoint:
-    """The default architecture with random weights (speed does not depend on them)."""
+def random_checkpoint(
+    features: int, length: int, seed: int = 0, version: str = "", network: NetworkConfig | None = None
+) -> Checkpoint:
+    """The default architecture (or ``network``) with random weights (speed does not depend on them)."""
     torch.manual_seed(seed)
-    network = NetworkConfig()
+    network = network or NetworkConfig()
     channels = features * CHANNELS_PER_FEATURE
     return Checkpoint(
         network=network,
@@ -58,9 +60,11 @@ def random_checkpoint(features: int, length: int, seed: int = 0, version: str = 
     )
 
 
-def default_checkpoint(path: Path, features: int, length: int, seed: int = 0) -> Path:
+def default_checkpoint(
+    path: Path, features: int, length: int, seed: int = 0, network: NetworkConfig | None = None
+) -> Path:
     """:func:`random_checkpoint`, saved to ``path``."""
-    save(random_checkpoint(features, length, seed), path)
+    save(random_checkpoint(features, length, seed, network=network), path)
     return path
 
 

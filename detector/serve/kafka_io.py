@@ -9,6 +9,7 @@ broker answers, so a daemon started before its broker waits for it instead of ex
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -37,6 +38,14 @@ BOOTSTRAP_TIMEOUT_MS = 5000  # one connection attempt of `connect`; it retries
 LINGER_MS = 5
 BATCH_BYTES = 256 * 1024  # per partition; a flush sends what is there without waiting for linger_ms
 COMMIT_TIMEOUT_MS = 10_000
+# The longest single wait in kafka-python's poll. Its consumer (3.0.12) sleeps min(poll timeout, retry_backoff_ms
+# = 100 ms) when it sees no fetch in flight, and it can see none while a finished fetch's records wait in its
+# buffer (the IO thread drops the done future before the poll looks): those records then wait the whole
+# sleep. It struck a few times a second at 3,000 windows/s, each time holding ~20 windows for 100 ms; polled in
+# steps of 10 ms, such a sleep costs at most 10 ms. (retry_backoff_ms itself paces ~25 retry paths.) Only while
+# partitions are assigned: during a group join, short polls make kafka-python spin on timeouts, ~3,000 a second,
+# and the garbage they leave (exceptions and their frames) later cost a 150 ms collection in the middle of serving.
+POLL_STEP_MS = 10
 CLOSE_TIMEOUT_S = 3.0  # leaving the group and draining the producer, when the broker is slow or gone
 # Refusals that sending the same bytes again cannot cure (a record over a size limit, a malformed record).
 PERMANENT = (kerr.MessageSizeTooLargeError, kerr.RecordListTooLargeError, kerr.InvalidRecordError)
@@ -191,10 +200,17 @@ class KafkaSource:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self.consumer, listener))
 
     def poll(self, timeout_s: float, max_records: int) -> list[Message]:
-        try:
-            batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        except kerr.KafkaError as err:
-            raise SourceError(_error(err)) from err
+        """Up to ``max_records`` messages, waiting at most ``timeout_s`` for the first (in POLL_STEP_MS steps)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))  # never a spin of 0 ms polls
+            step_ms = min(POLL_STEP_MS, left_ms) if self.consumer.assignment() else left_ms
+            try:
+                batches = self.consumer.poll(timeout_ms=step_ms, max_records=max_records)
+            except kerr.KafkaError as err:
+                raise SourceError(_error(err)) from err
+            if batches or time.monotonic() >= deadline:
+                break
         out: list[Message] = []
         for tp, records in batches.items():
             for r in records:
