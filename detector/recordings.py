@@ -2,15 +2,20 @@
 
 Whole reads (:func:`load`) are for training, calibration and evaluation: every line must be a valid
 window of one shape, or the read fails naming the line. Streaming reads (:func:`iter_lines`) are for
-replay, which turns bad lines into dead letters instead.
+replay, which turns bad lines into dead letters instead. :func:`replacing` writes a file whole or not at
+all (``record`` captures through it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -123,6 +128,46 @@ def from_windows(windows: list[Window], name: str) -> WindowSet:
         step_ms=[w.step_ms for w in windows],
         event_types=[w.event_type for w in windows],
     )
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path) -> Iterator[IO[bytes]]:
+    """A file for the new content of ``path``, which takes ``path``'s place (flushed, fsynced, renamed) when
+    the block ends normally; when the block raises, it is removed and ``path`` is left as it was.
+
+    Until then it is ``.{name}.{random}.tmp`` beside ``path`` (so the rename is atomic), created with the
+    permissions a plain ``open`` would give. DataError, before the block runs, when ``path`` is a folder
+    or its folder cannot be written; DataError when the final flush or rename fails.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file to write")
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise DataError(f"{path}: cannot write ({err.strerror})") from None
+    else:
+        raise DataError(f"{path}: cannot write (no free temporary name beside it)")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as err:
+                raise DataError(f"{path}: cannot write ({err.strerror})") from None
+        try:
+            os.replace(tmp, path)
+        except OSError as err:
+            raise DataError(f"{path}: cannot write ({err.strerror})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write(path: str | Path, lines: Iterator[dict] | list[dict]) -> int:

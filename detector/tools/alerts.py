@@ -6,6 +6,10 @@ topic is reported in one line and skipped. ``min_probability`` applies to RAISED
 is shown when its series' RAISED was shown (or when there is no probability filter), so that a raise a
 person saw is always followed by its clearing. ``series`` are exact ids or glob patterns (``host-1/*``).
 No consumer group: every partition is assigned, from its end (new records) or its beginning.
+
+Whatever a record holds, what is printed is safe on a terminal: text from the record (series, window and
+model ids, reasons a record was skipped) has its control characters and bidi overrides escaped, human
+lines are one line each, and ``--json`` lines stay valid JSON that parses to the record as it came.
 """
 
 from __future__ import annotations
@@ -32,11 +36,15 @@ from detector.tools.clients import (
     close_quietly,
     in_time_order,
     make_consumer,
+    printable,
+    printable_json,
 )
 
 POLL_S = 0.2
 SHOWN_PROBLEMS = 20  # malformed records reported one by one; the rest only counted
 SHORT_VERSION = 8  # hex digits of model_version shown to people
+SHOWN_CHARS = 300  # of a series or window id (the daemon's are at most 256) and of a reason a record was skipped
+REMEMBERED_RAISES = 100_000  # series whose RAISED was shown and whose CLEARED is awaited; the oldest go first
 STATES = {"raised": "RAISED", "cleared": "CLEARED"}
 COLOURS = {"RAISED": {"fg": "red", "bold": True}, "CLEARED": {"fg": "green"}, "FLAGGED": {"fg": "yellow"}}
 
@@ -59,7 +67,17 @@ class Alert:
 
 
 def parse(value: bytes | None, timestamp: int) -> Alert | None:
-    """A record value -> an Alert, or None for a scored window that is not flagged; NotAnAlert otherwise."""
+    """A record value -> an Alert, or None for a scored window that is not flagged; NotAnAlert for anything
+    else, whatever decoding it raised (nesting too deep for the decoder, numbers too large for a float)."""
+    try:
+        return _parse(value, timestamp)
+    except NotAnAlert:
+        raise
+    except Exception as err:  # the value's fault, not ours: one record never stops the tool
+        raise NotAnAlert(f"{type(err).__name__}: {err}") from None
+
+
+def _parse(value: bytes | None, timestamp: int) -> Alert | None:
     if value is None:
         raise NotAnAlert("empty value")
     try:
@@ -108,7 +126,8 @@ class AlertFilter:
     def __init__(self, min_probability: float | None = None, series: Sequence[str] = ()) -> None:
         self.min_probability = min_probability
         self.series = tuple(series)
-        self._raised_shown: set[str] = set()
+        # insertion-ordered, at most REMEMBERED_RAISES: a topic of endless new series cannot exhaust memory
+        self._raised_shown: dict[str, None] = {}
 
     def __call__(self, alert: Alert) -> bool:
         if self.series and not any(fnmatch.fnmatchcase(alert.series_id, pattern) for pattern in self.series):
@@ -117,31 +136,45 @@ class AlertFilter:
             if self.min_probability is None:
                 return True
             if alert.series_id in self._raised_shown:
-                self._raised_shown.discard(alert.series_id)
+                del self._raised_shown[alert.series_id]
                 return True
             return False
         if self.min_probability is not None and (alert.probability or 0.0) < self.min_probability:
             return False
         if alert.state == "RAISED":
-            self._raised_shown.add(alert.series_id)
+            self._raised_shown[alert.series_id] = None
+            if len(self._raised_shown) > REMEMBERED_RAISES:
+                del self._raised_shown[next(iter(self._raised_shown))]
         return True
 
 
+def _utc(ms: int) -> str:
+    """Epoch milliseconds as ``2026-01-01T00:00:05.000Z``; a time no calendar holds as ``@<ms>ms``."""
+    try:
+        when = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return f"@{ms}ms"
+    return when.replace("+00:00", "Z")
+
+
 def human_line(alert: Alert, colour: bool = False) -> str:
-    """``2026-01-01T00:00:05.000Z  RAISED   host-1/cpu  p=0.973  window=w17  model=3f2a9c1d``"""
-    when = datetime.fromtimestamp(alert.at_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    """``2026-01-01T00:00:05.000Z  RAISED   host-1/cpu  p=0.973  window=w17  model=3f2a9c1d``: one line, its
+    ids escaped with :func:`~detector.tools.clients.printable` (so safe on a terminal) and cut at
+    ``SHOWN_CHARS``; the only escape sequences in it are the colours asked for."""
     state = f"{alert.state:<7}"
     if colour:
         state = click.style(state, **COLOURS[alert.state])  # type: ignore[arg-type]
     prob = "p=?" if alert.probability is None else f"p={alert.probability:.3f}"
-    window = "-" if alert.window_id is None else alert.window_id
-    model = (alert.model_version or "?")[:SHORT_VERSION]
-    return f"{when.replace('+00:00', 'Z')}  {state}  {alert.series_id}  {prob}  window={window}  model={model}"
+    series = printable(alert.series_id, SHOWN_CHARS)
+    window = "-" if alert.window_id is None else printable(str(alert.window_id), SHOWN_CHARS)
+    model = printable((alert.model_version or "?")[:SHORT_VERSION])
+    return f"{_utc(alert.at_ms)}  {state}  {series}  {prob}  window={window}  model={model}"
 
 
 def json_line(alert: Alert) -> str:
-    """The record as it came, as one compact JSON line."""
-    return encode_json(alert.record).decode()
+    """The record as it came, as one compact line of JSON that parses to it; control characters and bidi
+    overrides in its strings are ``\\uNNNN`` escapes, so the line is also safe on a terminal."""
+    return printable_json(encode_json(alert.record).decode())
 
 
 @dataclass
@@ -192,7 +225,8 @@ def follow(
             except NotAnAlert as err:
                 result.malformed += 1
                 if result.malformed <= SHOWN_PROBLEMS:
-                    warn(f"skipped a malformed record at {r.topic}/{r.partition}@{r.offset}: {err}")
+                    reason = printable(str(err), SHOWN_CHARS)
+                    warn(f"skipped a malformed record at {r.topic}/{r.partition}@{r.offset}: {reason}")
                 elif result.malformed == SHOWN_PROBLEMS + 1:
                     warn("further malformed records are only counted")
                 continue

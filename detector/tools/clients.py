@@ -1,12 +1,14 @@
 """Kafka clients for the tools, built from the daemon's settings (connection and security shared with
-``detector.serve.kafka_io``), plus the two things every tool needs: assigning a whole topic without a
-consumer group, and stopping cleanly on SIGINT/SIGTERM.
+``detector.serve.kafka_io``), plus the three things every tool needs: assigning a whole topic without a
+consumer group, stopping cleanly on SIGINT/SIGTERM, and making text that came off a topic or out of a
+file safe to print on a terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import heapq
+import re
 import signal
 import threading
 import time
@@ -25,6 +27,11 @@ from detector.settings import Settings
 LINGER_MS = 10  # a replay is bulk: a little more batching than the daemon's 5 ms
 MAX_BLOCK_MS = 15_000  # a send waiting for topic metadata or for buffer room before the replay gives up
 TOPIC_POLL_S = 0.5  # how often a missing topic is looked up again
+
+# What a terminal acts on instead of showing: C0 controls, DEL and C1 controls (escape sequences, carriage
+# returns, bells), the Unicode bidi marks and overrides that reorder what is shown, and the line and
+# paragraph separators.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _unreachable(settings: Settings, err: BaseException) -> DetectorError:
@@ -202,6 +209,26 @@ class StopFlag:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: str, limit: int | None = None) -> str:
+    """``text`` with every character a terminal would act on (C0, DEL, C1, bidi marks and overrides, line
+    and paragraph separators) written as a ``\\xNN`` or ``\\uNNNN`` escape, and nothing else changed: one
+    line, whatever ``text`` holds. Longer than ``limit`` characters: its first ``limit``, then ``...``."""
+    if limit is None or len(text) <= limit:
+        return _UNSAFE.sub(_escape, text)
+    return _UNSAFE.sub(_escape, text[:limit]) + "..."
+
+
+def printable_json(text: str) -> str:
+    """JSON text with the characters :func:`printable` escapes written as ``\\uNNNN``: still valid JSON that
+    parses to the same value (outside strings JSON holds none of them), and safe to print on a terminal."""
+    return _UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def close_quietly(client: KafkaConsumer | KafkaProducer | KafkaAdminClient, timeout_s: float = 5.0) -> None:

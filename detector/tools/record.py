@@ -3,10 +3,14 @@
 One line per record: the value's JSON object with ``_ts`` (the record's broker timestamp, epoch ms)
 added. Binary ``f32`` records become JSON windows: ``values`` from the float32 bytes (a flat list, or
 rows of ``features``), ``series_id``, ``window_id``, ``start`` and ``step_ms`` from their headers. A
-record that is neither (not JSON, not an object, an unknown content-type, an empty value) is reported
-and skipped. No consumer group: every partition is assigned, from its beginning or (``from_now``) its end.
-Lines are written as records arrive and flushed after every poll; a signal stops the capture between
-records, so the file is always whole lines.
+record that is neither (not JSON, JSON nested deeper than the decoder goes, not an object, an unknown
+content-type, an empty value: whatever its decoding raised) is reported, counted and skipped; it never
+stops the capture. No consumer group: every partition is assigned, from its beginning or (``from_now``)
+its end.
+
+The recording is written to a temporary file beside ``--out`` that takes its place when the capture ends
+(``--max``, idle timeout, SIGINT or SIGTERM; a signal stops it between records, so the file is always
+whole lines). When the capture fails, the temporary file is removed and ``--out`` is left as it was.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from kafka import errors as kerr
 
 from detector.codec import F32_CONTENT_TYPE, JSON_CONTENT_TYPES, encode_json, parse_json
 from detector.errors import DataError, DetectorError, WindowError
+from detector.recordings import replacing
 from detector.serve.decode import content_type, header
 from detector.settings import Settings
 from detector.tools.clients import (
@@ -32,11 +37,13 @@ from detector.tools.clients import (
     close_quietly,
     in_time_order,
     make_consumer,
+    printable,
 )
 
 POLL_S = 0.2
 POLL_RECORDS = 5000
-SHOWN_PROBLEMS = 20
+SHOWN_PROBLEMS = 20  # skipped records reported one by one; the rest only counted
+SHOWN_CHARS = 300  # of the reason a record was skipped
 F32_FIELDS = ("series_id", "window_id", "start", "step_ms")
 
 
@@ -70,7 +77,17 @@ def _f32_window(value: bytes, headers: list[tuple[str, bytes]], features: int | 
 
 
 def to_line(value: bytes | None, headers: list[tuple[str, bytes]], timestamp: int, features: int | None) -> bytes:
-    """One consumed record -> one recording line (no newline); RecordError with the reason otherwise."""
+    """One consumed record -> one recording line (no newline); RecordError with the reason otherwise,
+    whatever decoding the record raised (e.g. RecursionError for JSON nested too deep)."""
+    try:
+        return _to_line(value, headers, timestamp, features)
+    except RecordError:
+        raise
+    except Exception as err:  # the record's fault, not ours: one record never stops the capture
+        raise RecordError(f"{type(err).__name__}: {err}") from None
+
+
+def _to_line(value: bytes | None, headers: list[tuple[str, bytes]], timestamp: int, features: int | None) -> bytes:
     if value is None:
         raise RecordError("empty value (a tombstone)")
     try:
@@ -156,7 +173,7 @@ def capture(
                 except RecordError as err:
                     result.skipped += 1
                     if result.skipped <= SHOWN_PROBLEMS:
-                        warn(f"{r.topic}/{r.partition}@{r.offset}: {err} (skipped)")
+                        warn(f"{r.topic}/{r.partition}@{r.offset}: {printable(str(err), SHOWN_CHARS)} (skipped)")
                     elif result.skipped == SHOWN_PROBLEMS + 1:
                         warn("further skipped records are only counted")
                     continue
@@ -183,7 +200,9 @@ def run(
     features: int | None = None,
     warn: Callable[[str], None] = lambda _: None,
 ) -> RecordResult:
-    """``detector record``: connect, assign every partition, capture into ``out_path`` (overwritten)."""
+    """``detector record``: connect, assign every partition, capture into ``out_path``, which is replaced
+    when the capture ends (limit or signal) and left as it was when it fails or is stopped before the topic
+    is assigned."""
     result = RecordResult(topic, out_path)
     since_ms = int(time.time() * 1000)
     consumer = make_consumer(settings, "record")
@@ -195,11 +214,7 @@ def run(
                 result.ended_by = "signal"
                 return result
             result.partitions = len(tps)
-            try:
-                out = out_path.open("wb")
-            except OSError as err:
-                raise DataError(f"{out_path}: cannot write ({err.strerror})") from None
-            with out:
+            with replacing(out_path) as out:
                 return capture(
                     consumer,
                     out,
@@ -211,5 +226,7 @@ def run(
                     stopping=stop,
                     warn=warn,
                 )
+    except OSError as err:  # writing the file (a full disk): the old recording is still there
+        raise DataError(f"{out_path}: cannot write ({err.strerror})") from None
     finally:
         close_quietly(consumer)

@@ -3,9 +3,15 @@
 Each line becomes one record. JSON (the default) is published as given, less its ``_ts`` field; ``f32``
 re-encodes the window with the binary codec (values as float32 bytes, the other fields in headers).
 Pacing: by the lines' ``_ts`` deltas divided by ``speed``, or at ``rate`` windows/s, or none (as fast as
-the producer goes). A line that is not a JSON object (or, for ``f32``, not a valid window) is reported
-with its line number and skipped; it never stops the replay. A line without a usable ``series_id`` is
+the producer goes). A line that is not a JSON object (or, for ``f32``, not a valid window; or whose
+decoding raised anything at all, such as JSON nested deeper than the decoder goes) is reported with its
+line number, counted and skipped; it never stops the replay. A line without a usable ``series_id`` is
 published without a key under JSON (the daemon dead-letters it), so that bad input can be replayed too.
+
+Every record sent ends the replay counted exactly once: acknowledged by the broker, refused (by the
+producer or the broker), or sent but not acknowledged when the replay stopped waiting. The replay stops
+early on a signal, or when the producer cannot take a record (no broker, no topic metadata) within its
+blocking limit; either way what was sent is flushed and counted first.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,14 +32,15 @@ from kafka import errors as kerr
 from tqdm import tqdm
 
 from detector.codec import encode_f32, encode_json, parse_json, window_from_obj
-from detector.errors import DataError, DetectorError, WindowError
+from detector.errors import DataError, WindowError
 from detector.recordings import iter_lines
 from detector.settings import Settings
-from detector.tools.clients import StopFlag, close_quietly, make_producer
+from detector.tools.clients import StopFlag, close_quietly, make_producer, printable
 
 Codec = Literal["json", "f32"]
 FLUSH_TIMEOUT_S = 60.0
 SHOWN_PROBLEMS = 20  # lines reported one by one; the rest only counted
+SHOWN_CHARS = 500  # of a problem reported (recording path, line number, reason)
 SLEEP_SLICE_S = 0.2  # a long pause is slept in slices, so that a signal stops it promptly
 
 
@@ -80,11 +88,21 @@ def _without_ts(line: bytes, ts: Any) -> bytes | None:
 
 
 def to_record(line: bytes, codec: Codec) -> Outgoing:
-    """A recording line -> the record to publish; LineError with the reason for a line that cannot be.
+    """A recording line -> the record to publish; LineError with the reason for a line that cannot be,
+    whatever decoding it raised (e.g. RecursionError for JSON nested too deep).
 
     JSON lines are published as given (the bytes of the line) when they hold no ``_ts``; a trailing
     ``_ts`` is cut from the bytes; elsewhere the object is re-encoded without it.
     """
+    try:
+        return _to_record(line, codec)
+    except LineError:
+        raise
+    except Exception as err:  # the line's fault, not ours: one line never stops the replay
+        raise LineError(f"{type(err).__name__}: {err}") from None
+
+
+def _to_record(line: bytes, codec: Codec) -> Outgoing:
     if codec == "json":
         try:
             head = _head.decode(line)
@@ -151,25 +169,69 @@ class Pacer:
 
 @dataclass
 class ReplayResult:
-    """What a replay did. ``published``: acknowledged by the broker (acks=all)."""
+    """What a replay did, counted once the replay stopped waiting for the broker.
+
+    Every record sent is in exactly one of ``published`` (acknowledged by the broker, acks=all),
+    ``refused`` (by the broker, with a reason) or ``unacknowledged`` (no answer yet: the broker may or may
+    not have it); ``refused`` also counts the records the producer would not take. ``stopped_at``: the
+    line at which the producer could not take a record in time, after which no line was read.
+    """
 
     topic: str
     published: int = 0
     bad_lines: int = 0
-    failed: int = 0
+    refused: int = 0
+    unacknowledged: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    stopped_at: int | None = None
+
+    @property
+    def failed(self) -> int:
+        """Records that were to go out and are not known to be on the topic."""
+        return self.refused + self.unacknowledged
 
     def summary(self) -> str:
         rate = self.published / self.seconds if self.seconds > 0 else 0.0
         text = f"published {self.published} windows to {self.topic} in {self.seconds:.2f} s ({rate:,.0f} windows/s)"
         if self.bad_lines:
             text += f"; {self.bad_lines} bad lines skipped"
-        if self.failed:
-            text += f"; {self.failed} not delivered"
+        if self.refused:
+            text += f"; {self.refused} not delivered"
+        if self.unacknowledged:
+            text += f"; {self.unacknowledged} sent but not acknowledged (the broker may or may not have them)"
+        if self.stopped_at is not None:
+            text += f"; stopped at line {self.stopped_at}, the rest was not sent"
         if self.interrupted:
             text += "; interrupted"
         return text
+
+
+class _Tally:
+    """Acknowledgements and refusals as the producer's I/O thread reports them, until ``close``: what
+    ``close`` returns is final, whatever the producer reports later."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = True
+        self._acknowledged = 0
+        self._refused: list[tuple[int, BaseException]] = []
+
+    def acknowledged(self, _: object) -> None:
+        with self._lock:
+            if self._open:
+                self._acknowledged += 1
+
+    def refused(self, number: int, error: BaseException) -> None:
+        with self._lock:
+            if self._open:
+                self._refused.append((number, error))
+
+    def close(self) -> tuple[int, list[tuple[int, BaseException]]]:
+        """(acknowledged, [(line number, error) refused] in line order), from one instant."""
+        with self._lock:
+            self._open = False
+            return self._acknowledged, sorted(self._refused, key=lambda item: item[0])
 
 
 def publish(
@@ -182,24 +244,23 @@ def publish(
     stopping: Callable[[], bool] = lambda: False,
     warn: Callable[[str], None] = lambda _: None,
     on_progress: Callable[[int], object] = lambda _: None,
+    flush_timeout_s: float = FLUSH_TIMEOUT_S,
 ) -> ReplayResult:
-    """Publish every line of ``path`` to ``topic``, then flush; ``warn`` hears each skipped line (the
-    first ``SHOWN_PROBLEMS``). Stops early, flushing what was sent, when ``stopping()`` turns true."""
+    """Publish every line of ``path`` to ``topic``, then wait up to ``flush_timeout_s`` for the broker's
+    answers; ``warn`` hears each skipped or undelivered line (the first ``SHOWN_PROBLEMS``). Stops early,
+    waiting the same for what was sent, when ``stopping()`` turns true or the producer cannot take a
+    record within its blocking limit. Never raises for what a line holds or what the broker answers: the
+    result counts every record (see ReplayResult)."""
     pacer = pacer or Pacer()
     result = ReplayResult(topic)
-    # written by the callbacks, on the producer's I/O thread; read here once flush has returned
-    acknowledged = [0]
-    failed: list[tuple[int, BaseException]] = []
+    tally = _Tally()
     sent = shown = 0
-
-    def delivered(_: object) -> None:
-        acknowledged[0] += 1
 
     def problem(text: str) -> None:
         nonlocal shown
         shown += 1
         if shown <= SHOWN_PROBLEMS:
-            warn(text)
+            warn(printable(text, SHOWN_CHARS))
         elif shown == SHOWN_PROBLEMS + 1:
             warn("further problems are only counted")
 
@@ -223,27 +284,32 @@ def publish(
         try:
             future = producer.send(topic, key=record.key, value=record.value, headers=record.headers)
         except kerr.KafkaTimeoutError as err:
-            raise DetectorError(
+            result.refused += 1
+            result.stopped_at = number
+            warn(
                 f"replay to {topic} stopped at line {number}: the producer gave up waiting ({err});"
                 " is the broker up and the topic there?"
-            ) from None
+            )
+            break
         except kerr.KafkaError as err:  # e.g. a record over the size limit: refused before sending
-            result.failed += 1
+            result.refused += 1
             problem(f"{path}:{number}: not sent: {type(err).__name__}: {err}")
             continue
-        future.add_callback(delivered)
-        future.add_errback(lambda err, n=number: failed.append((n, err)))
+        future.add_callback(tally.acknowledged)
+        future.add_errback(lambda err, n=number: tally.refused(n, err))
         sent += 1
         on_progress(1)
     try:
-        producer.flush(FLUSH_TIMEOUT_S)
+        producer.flush(flush_timeout_s)
     except kerr.KafkaTimeoutError:
-        problem(f"some records were not acknowledged within {FLUSH_TIMEOUT_S:g} s")
+        warn(f"some records were not acknowledged within {flush_timeout_s:g} s")
+    acknowledged, refused = tally.close()
     result.seconds = time.monotonic() - start
-    for number, error in sorted(failed, key=lambda item: item[0]):
+    for number, error in refused:
         problem(f"{path}:{number}: not delivered: {type(error).__name__}: {error}")
-    result.published = acknowledged[0]
-    result.failed += sent - acknowledged[0]  # refused, or still unacknowledged when the flush gave up
+    result.published = acknowledged
+    result.refused += len(refused)
+    result.unacknowledged = sent - acknowledged - len(refused)
     return result
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -15,13 +19,20 @@ from detector import recordings, synth
 from detector.broker import EmbeddedBroker
 from detector.cli import main
 from detector.codec import F32_CONTENT_TYPE, encode_json
+from detector.errors import DetectorError
+from detector.settings import load_settings
+from detector.tools import clients
+from detector.tools import record as record_tool
+from detector.tools import replay as replay_tool
 from detector.tools.alerts import AlertFilter, human_line, parse
-from detector.tools.replay import Pacer
+from detector.tools.clients import close_quietly, make_producer
+from detector.tools.replay import Pacer, publish
 from tests.integration.conftest import free_port
 from tests.integration.kafka_helpers import TopicReader, create_topics, produce
 
 T, F = 16, 4
 PARAMS = synth.SynthParams(series=3, windows_per_series=10, features=F, length=T)
+NESTED = b"[" * 5000 + b"]" * 5000  # deeper than msgspec decodes: it raises RecursionError, not DecodeError
 
 
 def _topic(name: str) -> str:
@@ -46,6 +57,11 @@ def _read(bootstrap: str, topic: str, n: int) -> list:
         reader.close()
 
 
+def _temporary(out: Path) -> list[Path]:
+    """The temporary files `record` writes beside ``out`` until the capture ends."""
+    return list(out.parent.glob(f".{out.name}.*.tmp"))
+
+
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -57,16 +73,17 @@ def test_replay_publishes_each_line_keyed_by_series_id_without_ts(broker: Embedd
     rec = tmp_path / "rec.jsonl"
     lines = _recording(rec)
     with rec.open("ab") as f:
-        f.write(b"{not json\n[1, 2]\n")
+        f.write(b"{not json\n[1, 2]\n" + b'{"series_id": "s", "values": ' + NESTED + b"}\n")
     topic = _topic("replay")
     create_topics(broker.bootstrap_servers, [topic])
     code, out, err = _run(capsys, "replay", str(rec), "--topic", topic, "--bootstrap-servers", broker.bootstrap_servers)
     assert code == 0, err
     assert out.startswith(f"published {len(lines)} windows to {topic} in ")
     assert "windows/s" in out
-    assert "2 bad lines skipped" in out
+    assert "3 bad lines skipped" in out
     assert f"{rec}:31: bad_json" in err
     assert f"{rec}:32: not_object" in err
+    assert f"{rec}:33: " in err
     assert "Traceback" not in err
 
     records = _read(broker.bootstrap_servers, topic, len(lines))
@@ -171,7 +188,7 @@ def test_record_from_now_skips_what_was_there(broker: EmbeddedBroker, tmp_path: 
     )
     worker.start()
     deadline = time.monotonic() + 20
-    while not out.exists() and time.monotonic() < deadline:  # the file is opened once positions are fixed
+    while not _temporary(out) and time.monotonic() < deadline:  # the file is opened once positions are fixed
         time.sleep(0.05)
     new = [(b"s", encode_json({"series_id": "s", "window_id": f"new{i}", "values": [2.0]}), []) for i in range(3)]
     produce(broker.bootstrap_servers, topic, [*new, (b"s", b"garbage", [])])
@@ -180,6 +197,154 @@ def test_record_from_now_skips_what_was_there(broker: EmbeddedBroker, tmp_path: 
     captured = [json.loads(x) for x in out.read_text().splitlines()]
     assert [c["window_id"] for c in captured] == ["new0", "new1", "new2"]
     assert "bad_json" in capsys.readouterr().err
+
+
+def test_record_skips_and_counts_records_nested_too_deep(broker: EmbeddedBroker, tmp_path: Path, capsys):
+    """Values nested deeper than the decoder goes are named, counted and skipped; the records around them
+    are captured, and the new recording replaces the old one whole."""
+    topic = _topic("nested")
+    create_topics(broker.bootstrap_servers, [topic], partitions=1)
+    good = [encode_json({"series_id": "s", "window_id": i, "values": [1.0]}) for i in range(4)]
+    values = [good[0], NESTED, good[1], b'{"series_id": "s", "values": ' + NESTED + b"}", good[2], good[3]]
+    produce(broker.bootstrap_servers, topic, [(b"s", v, []) for v in values])
+    out = tmp_path / "captured.jsonl"
+    out.write_text("an old recording\n")
+    bs = ["--bootstrap-servers", broker.bootstrap_servers]
+    code, said, err = _run(capsys, "record", "--topic", topic, "--out", str(out), "--max", "4", *bs)
+    assert code == 0, err
+    assert "recorded 4 records" in said
+    assert "(max); 2 records skipped" in said
+    assert f"{topic}/0@1: " in err
+    assert f"{topic}/0@3: " in err
+    assert "Traceback" not in err
+    assert [json.loads(x)["window_id"] for x in out.read_text().splitlines()] == [0, 1, 2, 3]
+    assert not _temporary(out)
+
+
+def test_record_that_fails_leaves_the_old_recording(
+    broker: EmbeddedBroker, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+):
+    """A capture that fails midway leaves `--out` as it was, and no temporary file: exit 1, one line."""
+    topic = _topic("fails")
+    create_topics(broker.bootstrap_servers, [topic])
+
+    def capture_that_fails(consumer: object, out, result: object, **_: object) -> None:
+        out.write(b'{"series_id": "s", "val')
+        raise DetectorError(f"record {topic}: KafkaError: the broker went away")
+
+    monkeypatch.setattr(record_tool, "capture", capture_that_fails)
+    out = tmp_path / "captured.jsonl"
+    out.write_text("an old recording\n")
+    code, _, err = _run(
+        capsys, "record", "--topic", topic, "--out", str(out), "--bootstrap-servers", broker.bootstrap_servers
+    )
+    assert code == 1
+    assert err.strip() == f"detector: record {topic}: KafkaError: the broker went away"
+    assert out.read_text() == "an old recording\n"
+    assert not _temporary(out)
+
+
+def test_record_stopped_by_sigint_writes_whole_lines_and_exits_0(broker: EmbeddedBroker, tmp_path: Path):
+    """SIGINT ends a capture between records: the recording takes `--out`'s place, exit 0."""
+    topic = _topic("sigint")
+    create_topics(broker.bootstrap_servers, [topic])
+    produce(
+        broker.bootstrap_servers,
+        topic,
+        [(b"s", encode_json({"series_id": "s", "window_id": i, "values": [1.0]}), []) for i in range(5)],
+    )
+    out = tmp_path / "captured.jsonl"
+    out.write_text("an old recording\n")
+    argv = ["record", "--topic", topic, "--out", str(out), "--idle-timeout", "0"]
+    env = {**os.environ, "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "detector.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and child.poll() is None:  # all five are in the temporary file
+            if sum(len(p.read_bytes().splitlines()) for p in _temporary(out)) == 5:
+                break
+            time.sleep(0.05)
+        assert out.read_text() == "an old recording\n"
+        child.send_signal(signal.SIGINT)
+        said, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    assert b"recorded 5 records" in said
+    assert b"(signal)" in said
+    assert [json.loads(x)["window_id"] for x in out.read_text().splitlines()] == [0, 1, 2, 3, 4]
+    assert not _temporary(out)
+
+
+# kafka-python 3.0's close() raises at its own flush while records are pending, so the producer is
+# closed again, and fails again, when it is garbage-collected
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_replay_counts_exactly_what_a_broker_that_went_away_acknowledged(tmp_path: Path):
+    """A broker gone mid-replay: `published` is exactly what it acknowledged, every other record sent is
+    counted as refused or sent but not acknowledged, and the replay fails."""
+    rec = tmp_path / "rec.jsonl"
+    total, before = 20, 8
+    recordings.write(rec, [{"series_id": f"s{i % 3}", "window_id": i, "values": [float(i)]} for i in range(total)])
+    topic = _topic("gone")
+    with EmbeddedBroker("127.0.0.1", free_port(), output=tmp_path / "broker.log") as own:
+        create_topics(own.bootstrap_servers, [topic])
+        producer = make_producer(
+            load_settings(environ={"DETECTOR_KAFKA__BOOTSTRAP_SERVERS": own.bootstrap_servers}), "t"
+        )
+        sent = 0
+
+        def after_send(_: int) -> None:  # after the `before`-th send: all acknowledged, then the broker goes
+            nonlocal sent
+            sent += 1
+            if sent == before:
+                producer.flush(30)
+                own.stop()
+
+        warnings: list[str] = []
+        try:
+            result = publish(rec, topic, producer, on_progress=after_send, flush_timeout_s=2, warn=warnings.append)
+        finally:
+            close_quietly(producer, timeout_s=0)
+    assert result.published == before
+    assert result.refused + result.unacknowledged == total - before
+    assert result.failed == total - before
+    assert not result.interrupted
+    assert result.summary().startswith(f"published {before} windows to {topic} in ")
+    if result.unacknowledged:
+        assert f"{result.unacknowledged} sent but not acknowledged" in result.summary()
+        assert "some records were not acknowledged within 2 s" in warnings
+
+
+def test_replay_that_cannot_send_says_what_it_published_and_fails(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+):
+    """A producer that cannot take a record (the broker went away before any topic metadata came) stops
+    the replay at that line: the summary still counts what was published, and the exit is 1."""
+    rec = tmp_path / "rec.jsonl"
+    recordings.write(rec, [{"series_id": "s", "values": [float(i)]} for i in range(5)])
+    topic = _topic("nosend")
+    monkeypatch.setattr(clients, "MAX_BLOCK_MS", 1000)
+    with EmbeddedBroker("127.0.0.1", free_port(), output=tmp_path / "broker.log") as own:
+
+        def producer_then_no_broker(settings: object, client_id: str) -> object:
+            producer = clients.make_producer(settings, client_id)  # type: ignore[arg-type]
+            own.stop()
+            return producer
+
+        monkeypatch.setattr(replay_tool, "make_producer", producer_then_no_broker)
+        code, out, err = _run(
+            capsys, "replay", str(rec), "--topic", topic, "--bootstrap-servers", own.bootstrap_servers
+        )
+    assert code == 1
+    assert out.startswith(f"published 0 windows to {topic} in ")
+    assert "1 not delivered" in out
+    assert "stopped at line 1, the rest was not sent" in out
+    assert f"replay to {topic} stopped at line 1: the producer gave up waiting" in err
+    assert err.splitlines()[-1] == f"detector: {topic}: 1 window(s) not delivered"
 
 
 def test_rate_and_speed_pace_the_replay(broker: EmbeddedBroker, tmp_path: Path, capsys):
@@ -216,6 +381,7 @@ def alert_topic(broker: EmbeddedBroker) -> str:
     create_topics(broker.bootstrap_servers, [topic], partitions=1)
     values = [encode_json(a) for a in ALERTS]
     values.insert(2, b'{"hello": "world"}')
+    values.append(NESTED)
     produce(broker.bootstrap_servers, topic, [(b"k", v, []) for v in values])
     return topic
 
@@ -229,7 +395,9 @@ def test_alerts_prints_one_line_per_alert(broker: EmbeddedBroker, alert_topic: s
     shown = [a for a in ALERTS if a.get("flag", True)]
     assert [json.loads(x) for x in out.splitlines()] == shown
     assert f"skipped a malformed record at {alert_topic}/0@2" in err
+    assert f"skipped a malformed record at {alert_topic}/0@7" in err
     assert "5 alerts shown" in err
+    assert "2 malformed records skipped" in err
 
     code, out, err = _run(capsys, *base)
     assert code == 0, err
