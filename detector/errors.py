@@ -5,6 +5,7 @@
     ├── DataError                  a recording or CSV that cannot be read or does not fit (CLI exit 2)
     │   └── WindowError            one window that fails validation; carries a stable ``reason`` code
     ├── CheckpointError            a checkpoint that is missing, truncated, foreign or of another version
+    │   └── CheckpointRejected     one that failed the check before serving; carries the ``stage`` that failed
     ├── TrainingError              training cannot proceed (no windows, no positives to learn from, ...)
     └── BrokerError                the embedded broker cannot start (no binary, port taken, died early)
 
@@ -12,6 +13,10 @@ Decode failures on the serving path are not raised through the loop: they become
 """
 
 from __future__ import annotations
+
+from typing import Literal
+
+RejectionStage = Literal["load", "shape", "scorer", "probe"]
 
 
 class DetectorError(Exception):
@@ -49,6 +54,19 @@ class CheckpointError(DetectorError):
     """A checkpoint that cannot be used: missing, truncated, not a detector checkpoint, or another version."""
 
     exit_code = 2
+
+
+class CheckpointRejected(CheckpointError):
+    """A checkpoint refused before it serves, at start-up or on reload.
+
+    ``stage`` is the step that failed: ``load`` (not a valid checkpoint), ``shape`` (not the serving window
+    shape), ``scorer`` (cannot run on the configured device) or ``probe`` (scores a fixed batch to
+    non-finite probabilities or ones outside [0, 1]); ``str(err)`` is one line naming the file.
+    """
+
+    def __init__(self, stage: RejectionStage, reason: str) -> None:
+        super().__init__(reason)
+        self.stage: RejectionStage = stage
 
 
 class TrainingError(DetectorError):

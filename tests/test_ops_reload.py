@@ -18,7 +18,8 @@ from detector.model import checkpoint
 from detector.model.checkpoint import Checkpoint
 from detector.model.train import train
 from detector.ops.metrics import PrometheusObserver
-from detector.ops.reload import CheckpointWatcher, ReloadOutcome, probe_batch
+from detector.ops.model_check import probe_batch
+from detector.ops.reload import CheckpointWatcher, ReloadOutcome
 from detector.scoring import Scorer
 from tests.conftest import tiny_config
 

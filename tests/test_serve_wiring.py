@@ -128,7 +128,7 @@ def test_alert_transitions_go_to_their_topic_before_the_commit(scorer: Scorer, t
 
 
 def test_clean_windows_clear_a_raised_alert(scorer: Scorer, tmp_path) -> None:
-    always, never = with_threshold(scorer, 0.0, tmp_path), with_threshold(scorer, 1.01, tmp_path)
+    always, never = with_threshold(scorer, 0.0, tmp_path), with_threshold(scorer, checkpoint.THRESHOLD_MAX, tmp_path)
     source, sink = MemorySource(TOPIC), MemorySink()
     offered: list[Scorer] = [never]
     tracker = AlertTracker(raise_after=2, clear_after=2)

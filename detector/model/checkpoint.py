@@ -5,12 +5,25 @@ version, architecture, feature count and names, window length, input normalisati
 threshold rules per head, and training metrics. ``version`` (the ``model_version`` of output records) is
 the first 16 hex digits of the SHA-256 of the file's bytes. Writers go through :func:`save`, which writes
 a temporary file and renames it, so a reader never sees half a checkpoint.
+
+A file is checked against these limits from its header alone, before any weight is read or any network
+built (the shapes an architecture implies come from torch's meta device, which allocates nothing), so a
+small file cannot make a reader allocate more than the limits allow:
+
+    header             at most MAX_HEADER_BYTES (4 MiB) of JSON
+    window_length      1 to MAX_WINDOW_LENGTH (4096) steps
+    features           1 to MAX_FEATURES (256), and window_length x features at most MAX_WINDOW_VALUES (65,536)
+    parameters         at most MAX_PARAMETERS (25 million: 100 MB in float32) implied by the architecture
+    weights            exactly the tensor names and shapes the architecture implies
+    thresholds         probabilities in [0, 1], or THRESHOLD_MAX, just above 1, to flag nothing (both heads)
+    normalisation      finite means, finite positive standard deviations, 3 per feature
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -28,10 +41,20 @@ from detector.model import calibration
 from detector.model.config import NetworkConfig
 from detector.model.features import CHANNELS_PER_FEATURE, NORMALISATION, InputStats
 from detector.model.network import DetectorNet
+from detector.model.thresholds import FLAG_NOTHING
 
 FORMAT = "detector-checkpoint"
 FORMAT_VERSION = 1
 UNCALIBRATED: dict[str, Any] = {"method": "none"}
+
+MAX_HEADER_BYTES = 4 << 20
+MAX_WINDOW_LENGTH = 4096
+MAX_FEATURES = 256
+MAX_WINDOW_VALUES = 65_536
+MAX_PARAMETERS = 25_000_000
+# Thresholds compare with probabilities in [0, 1]; the one value above 1 is what a precision or false-alarm
+# rule picks when no threshold meets its target, so that nothing is flagged.
+THRESHOLD_MAX = FLAG_NOTHING
 
 
 @dataclass(frozen=True)
@@ -120,23 +143,78 @@ def save(ckpt: Checkpoint, path: str | Path) -> str:
     return content_version(data)
 
 
-def _head(raw: Any) -> Head | None:
+def _head(raw: Any, which: str) -> Head | None:
     if raw is None:
         return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("calibration"), dict):
+        raise ValueError(f"{which} head is not an object with a calibration")
     calibration.validate(raw["calibration"])
-    return Head(calibration=raw["calibration"], threshold=float(raw["threshold"]), rule=str(raw["rule"]))
+    threshold = raw["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise ValueError(f"{which} head threshold {threshold!r} is not a number")
+    if not (math.isfinite(threshold) and 0.0 <= threshold <= THRESHOLD_MAX):
+        raise ValueError(f"{which} head threshold {threshold!r} is not a probability in [0, 1]")
+    return Head(calibration=raw["calibration"], threshold=float(threshold), rule=str(raw["rule"]))
 
 
-def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
-    """Parse and validate checkpoint bytes; any defect raises :class:`CheckpointError` with one line."""
+def _count(value: Any, what: str, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ValueError(f"{what} {value!r} is not an integer from 1 to {limit}")
+    return value
+
+
+def _numbers(values: Any, what: str, count: int, positive: bool = False) -> tuple[float, ...]:
+    if not isinstance(values, list) or len(values) != count:
+        raise ValueError(f"normalisation {what} does not hold {count} numbers (3 per feature)")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise ValueError(f"normalisation {what} holds a value that is not a finite number")
+    if positive and min(values) <= 0:
+        raise ValueError(f"normalisation {what} holds a value <= 0")
+    return tuple(float(v) for v in values)
+
+
+def _weight_shapes(network: NetworkConfig, in_channels: int) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes the architecture implies; nothing is allocated (the meta device)."""
+    with torch.device("meta"):
+        net = DetectorNet(network, in_channels)
+    return {name: tuple(t.shape) for name, t in net.state_dict().items()}
+
+
+def _check_weights(header: dict[str, Any], expected: dict[str, tuple[int, ...]]) -> None:
+    """ValueError unless the header's tensors are exactly those of ``expected``, within MAX_PARAMETERS."""
+    parameters = sum(math.prod(shape) for shape in expected.values())
+    if parameters > MAX_PARAMETERS:
+        raise ValueError(f"the architecture has {parameters:,} parameters, the limit is {MAX_PARAMETERS:,}")
+    found: dict[str, Any] = {}
+    for name, entry in header.items():
+        if name != "__metadata__":
+            found[name] = entry.get("shape") if isinstance(entry, dict) else None
+    for name in sorted(expected.keys() | found.keys()):
+        if name not in found:
+            raise ValueError(f"weights lack {name!r}, which the architecture needs")
+        if name not in expected:
+            raise ValueError(f"weights hold {name!r}, which the architecture does not have")
+        shape = found[name]
+        if not isinstance(shape, list) or tuple(shape) != expected[name]:
+            raise ValueError(f"weights {name!r} of shape {shape!r}, the architecture needs {list(expected[name])}")
+
+
+def _header(data: bytes, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The safetensors header and the detector metadata, read within MAX_HEADER_BYTES."""
     if len(data) < 8:
         raise CheckpointError(f"{name}: not a detector checkpoint (only {len(data)} bytes)")
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len > len(data) - 8:
         raise CheckpointError(f"{name}: not a detector checkpoint (truncated or not a safetensors file)")
+    if header_len > MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"{name}: not a detector checkpoint (a header of {header_len:,} bytes, the limit is {MAX_HEADER_BYTES:,})"
+        )
     try:
         header = json.loads(data[8 : 8 + header_len])
         meta = json.loads(header["__metadata__"]["detector"])
+    except RecursionError:
+        raise CheckpointError(f"{name}: not a detector checkpoint (metadata nested too deeply)") from None
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{name}: not a detector checkpoint (no detector metadata)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -146,40 +224,65 @@ def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
             f"{name}: checkpoint format version {meta.get('format_version')!r}, "
             f"this detector reads version {FORMAT_VERSION}"
         )
+    return header, meta
+
+
+def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
+    """Parse and validate checkpoint bytes; any defect raises :class:`CheckpointError` with one line.
+
+    The limits of the module docstring are checked before any weight is read or any network built.
+    """
+    header, meta = _header(data, name)
     try:
-        state = load_tensors(data)
+        network = NetworkConfig.model_validate(meta["architecture"])
+        window_length = _count(meta["window_length"], "window_length", MAX_WINDOW_LENGTH)
+        features = meta["features"]
+        if not isinstance(features, list):
+            raise ValueError("features is not a list of names")
+        n_features = _count(len(features), "feature count", MAX_FEATURES)
+        if window_length * n_features > MAX_WINDOW_VALUES:
+            raise ValueError(
+                f"windows of {window_length} x {n_features} values, the limit is {MAX_WINDOW_VALUES:,} values"
+            )
         norm = meta["normalisation"]
         if norm["kind"] != NORMALISATION:
             raise ValueError(f"unknown normalisation {norm['kind']!r}")
+        channels = n_features * CHANNELS_PER_FEATURE
+        stats = InputStats(_numbers(norm["mean"], "mean", channels), _numbers(norm["std"], "std", channels, True))
+        heads = meta["heads"]
+        window, step = _head(heads["window"], "window"), _head(heads["step"], "step")
+        _check_weights(header, _weight_shapes(network, channels))
         ckpt = Checkpoint(
-            network=NetworkConfig.model_validate(meta["architecture"]),
-            state=state,
-            window_length=int(meta["window_length"]),
-            feature_names=tuple(str(f) for f in meta["features"]),
-            stats=InputStats(tuple(norm["mean"]), tuple(norm["std"])),
-            window=_head(meta["heads"]["window"]) or Head(),
-            step=_head(meta["heads"]["step"]),
+            network=network,
+            state=load_tensors(data),
+            window_length=window_length,
+            feature_names=tuple(str(f) for f in features),
+            stats=stats,
+            window=window or Head(),
+            step=step,
             training=dict(meta.get("training") or {}),
             version=content_version(data),
         )
-        if len(ckpt.stats.mean) != ckpt.n_features * CHANNELS_PER_FEATURE:
-            raise ValueError("normalisation does not match the feature count")
-        ckpt.build()  # weights must fit the architecture
+        ckpt.build()  # the weights load into the network
     except CheckpointError:
         raise
-    except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as err:
+    except (SafetensorError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{name}: corrupt detector checkpoint ({first})") from None
     return ckpt
 
 
-def load(path: str | Path) -> Checkpoint:
-    """Read and validate a checkpoint file; :class:`CheckpointError` on any defect, including a missing file."""
+def read(path: str | Path) -> bytes:
+    """The file's bytes; :class:`CheckpointError` with one line when it is missing or unreadable."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({err.strerror})") from None
-    return from_bytes(data, str(path))
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Read and validate a checkpoint file; :class:`CheckpointError` on any defect, including a missing file."""
+    return from_bytes(read(path), str(path))

@@ -8,9 +8,13 @@ far:R                        the lowest threshold whose false-alarm rate FP / (F
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+# The threshold a rule picks when no threshold meets its target: above every probability, so nothing is flagged.
+FLAG_NOTHING = math.nextafter(1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,9 @@ def choose_threshold(rule: ThresholdRule, prob: np.ndarray, labels: np.ndarray) 
     if rule.kind == "precision":
         ok = np.flatnonzero(tp / (tp + fp) >= rule.target)
         # No threshold reaches it: flag nothing rather than promise a precision we cannot give.
-        return float(cand[ok[-1]]) if len(ok) else float(np.nextafter(1.0, 2.0))
+        return float(cand[ok[-1]]) if len(ok) else FLAG_NOTHING
     if rule.kind == "far":
         rate = fp / negatives if negatives else np.zeros_like(fp, dtype=float)
         ok = np.flatnonzero(rate <= rule.target)
-        return float(cand[ok[-1]]) if len(ok) else float(np.nextafter(1.0, 2.0))
+        return float(cand[ok[-1]]) if len(ok) else FLAG_NOTHING
     raise ValueError(f"unknown threshold rule {rule.kind!r}")

@@ -18,10 +18,10 @@ What a caller may rely on:
   half-written file fails validation and its completed content is tried at the next poll).
 - A cheap ``stat`` check skips unchanged files between polls, but the content hash decides what is new:
   every ``full_check_every`` polls the file is hashed even when its ``stat`` looks unchanged.
-- A new file must load (:func:`detector.model.checkpoint.from_bytes`), take windows of the serving shape
-  (T, F), build a scorer on the configured device, and score a fixed probe batch to finite probabilities
-  in [0, 1]. Only then is it offered to ``take()``; ``on_result`` hears ``ok``.
-- A file that fails any step is rejected: logged with the step and reason, ``on_result`` hears
+- A new file must pass :func:`detector.ops.model_check.validated_scorer`, the check the first model passed
+  at start-up, with the serving shape (T, F) expected. Only then is it offered to ``take()``;
+  ``on_result`` hears ``ok``.
+- A file that fails any stage is rejected: logged with the stage and reason, ``on_result`` hears
   ``rejected`` (once per distinct content), the old model keeps serving, and the same content (same hash)
   is never tried again until the file changes. A missing or unreadable file is logged once (again only
   after it has been readable in between), never counted as a rejection.
@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import structlog
 
+from detector.errors import CheckpointRejected, RejectionStage
 from detector.model import checkpoint
+from detector.ops.model_check import PROBE_SIZE, validated_scorer
 from detector.scoring import Scorer
-
-Stage = Literal["load", "shape", "scorer", "probe"]
 
 
 @dataclass(frozen=True)
@@ -56,40 +55,13 @@ class ReloadOutcome:
     path: str
     version: str  # the content version (model_version) of the bytes tried
     accepted: bool
-    stage: Stage | None = None  # the step that failed, for a rejection
+    stage: RejectionStage | None = None  # the step that failed, for a rejection
     reason: str | None = None  # one line, for a rejection
 
     @property
     def result(self) -> Literal["ok", "rejected"]:
         """The ``result`` label of ``detector_reloads_total``."""
         return "ok" if self.accepted else "rejected"
-
-
-class _Rejected(Exception):
-    def __init__(self, stage: Stage, reason: str) -> None:
-        super().__init__(reason)
-        self.stage = stage
-        self.reason = reason
-
-
-def probe_batch(n: int, length: int, features: int) -> np.ndarray:
-    """A fixed batch (n, T, F) of distinct finite windows: flat, noise around a huge offset, noise, a random
-    walk, a sine with a spike, a level shift, tiny noise, a ramp; repeated with an offset beyond eight."""
-    rng = np.random.default_rng(20240601)
-    shape = (length, features)
-    t = np.arange(length, dtype=np.float64)[:, None]
-    kinds = [
-        lambda: np.zeros(shape),
-        lambda: 1e6 + rng.normal(0.0, 1.0, shape),
-        lambda: rng.normal(0.0, 1.0, shape),
-        lambda: np.cumsum(rng.normal(0.0, 1.0, shape), axis=0),
-        lambda: np.sin(t / 3.0) + 0.1 * rng.normal(0.0, 1.0, shape) + (t == length // 2) * 25.0,
-        lambda: (t >= length // 2) * 8.0 + 0.1 * rng.normal(0.0, 1.0, shape),
-        lambda: 1e-6 * rng.normal(0.0, 1.0, shape),
-        lambda: np.broadcast_to(t, shape) * 0.5,
-    ]
-    windows = [kinds[i % len(kinds)]() + 10.0 * (i // len(kinds)) for i in range(n)]
-    return np.stack(windows).astype(np.float32)
 
 
 class CheckpointWatcher:
@@ -106,7 +78,7 @@ class CheckpointWatcher:
         *,
         serving_version: str | None = None,
         cpu_bf16: bool = False,
-        probe_size: int = 8,
+        probe_size: int = PROBE_SIZE,
         full_check_every: int = 12,
     ) -> None:
         if poll_seconds <= 0:
@@ -119,7 +91,7 @@ class CheckpointWatcher:
         self.cpu_bf16 = cpu_bf16
         self.on_result = on_result
         self.full_check_every = max(1, full_check_every)
-        self._probe = probe_batch(probe_size, *self.expected_shape)
+        self.probe_size = probe_size
         self._log = structlog.get_logger("detector.ops.reload")
         self._lock = threading.Lock()  # _pending and _serving_version, shared with the loop's take()
         self._poll_lock = threading.Lock()  # one poll at a time
@@ -232,45 +204,20 @@ class CheckpointWatcher:
 
     def _try(self, data: bytes, version: str) -> ReloadOutcome:
         try:
-            scorer = self._validate(data)
-        except _Rejected as rejected:
-            return ReloadOutcome(str(self.path), version, False, rejected.stage, rejected.reason)
+            scorer = validated_scorer(
+                data,
+                str(self.path),
+                device=self.device,
+                precision=self.precision,
+                cpu_bf16=self.cpu_bf16,
+                expected_shape=self.expected_shape,
+                probe_size=self.probe_size,
+            )
+        except CheckpointRejected as rejected:
+            return ReloadOutcome(str(self.path), version, False, rejected.stage, str(rejected))
         with self._lock:
             self._pending = scorer
         return ReloadOutcome(str(self.path), version, True)
-
-    def _validate(self, data: bytes) -> Scorer:
-        """A scorer for these bytes, or _Rejected with the step that failed."""
-        try:
-            ckpt = checkpoint.from_bytes(data, name=str(self.path))
-        except Exception as err:  # CheckpointError by contract; anything else is just as fatal to this file
-            raise _Rejected("load", _one_line(err)) from None
-        shape = (ckpt.window_length, ckpt.n_features)
-        if shape != self.expected_shape:
-            raise _Rejected(
-                "shape",
-                f"checkpoint takes windows of {shape[0]} steps x {shape[1]} features, "
-                f"the serving model (and the topic) {self.expected_shape[0]} x {self.expected_shape[1]}",
-            )
-        try:
-            scorer = Scorer(ckpt, device=self.device, precision=self.precision, cpu_bf16=self.cpu_bf16)
-        except Exception as err:
-            raise _Rejected("scorer", f"cannot build a scorer on {self.device}: {_one_line(err)}") from None
-        try:
-            scores = scorer.score(self._probe)
-        except Exception as err:
-            raise _Rejected("probe", f"scoring the probe batch failed: {_one_line(err)}") from None
-        for name, values in (
-            ("window logits", scores.window_logit),
-            ("probabilities", scores.probability),
-            ("step probabilities", scores.step_probability),
-        ):
-            if values is not None and not np.all(np.isfinite(values)):
-                raise _Rejected("probe", f"the probe batch scored to non-finite {name}")
-        for name, values in (("probabilities", scores.probability), ("step probabilities", scores.step_probability)):
-            if values is not None and not np.all((values >= 0.0) & (values <= 1.0)):
-                raise _Rejected("probe", f"the probe batch scored to {name} outside [0, 1]")
-        return scorer
 
     def _report(self, outcome: ReloadOutcome) -> None:
         if outcome.accepted:
@@ -294,8 +241,3 @@ class CheckpointWatcher:
                 self.on_result(outcome)
             except Exception as err:
                 self._log.error("reload callback failed", error=repr(err))
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__

@@ -1,0 +1,94 @@
+"""The one check a checkpoint passes before it serves: at start-up and at every hot reload, the same way.
+
+:func:`validated_scorer` takes a file's bytes to a scorer ready to serve, or raises
+:class:`~detector.errors.CheckpointRejected` naming the stage that failed:
+
+    load     the bytes parse as a checkpoint within its limits, thresholds included
+             (:func:`detector.model.checkpoint.from_bytes`)
+    shape    it takes windows of the expected (T, F), when one is expected (on reload: the serving model's)
+    scorer   a scorer builds on the configured device and precision
+    probe    a fixed batch of varied windows scores to finite window and step probabilities in [0, 1]
+
+A scorer it returns has already scored a batch, so it is warm before its first real one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.errors import CheckpointError, CheckpointRejected
+from detector.model import checkpoint
+from detector.scoring import Scorer
+
+PROBE_SIZE = 8
+
+
+def probe_batch(n: int, length: int, features: int) -> np.ndarray:
+    """A fixed batch (n, T, F) of distinct finite windows: flat, noise around a huge offset, noise, a random
+    walk, a sine with a spike, a level shift, tiny noise, a ramp; repeated with an offset beyond eight."""
+    rng = np.random.default_rng(20240601)
+    shape = (length, features)
+    t = np.arange(length, dtype=np.float64)[:, None]
+    kinds = [
+        lambda: np.zeros(shape),
+        lambda: 1e6 + rng.normal(0.0, 1.0, shape),
+        lambda: rng.normal(0.0, 1.0, shape),
+        lambda: np.cumsum(rng.normal(0.0, 1.0, shape), axis=0),
+        lambda: np.sin(t / 3.0) + 0.1 * rng.normal(0.0, 1.0, shape) + (t == length // 2) * 25.0,
+        lambda: (t >= length // 2) * 8.0 + 0.1 * rng.normal(0.0, 1.0, shape),
+        lambda: 1e-6 * rng.normal(0.0, 1.0, shape),
+        lambda: np.broadcast_to(t, shape) * 0.5,
+    ]
+    windows = [kinds[i % len(kinds)]() + 10.0 * (i // len(kinds)) for i in range(n)]
+    return np.stack(windows).astype(np.float32)
+
+
+def validated_scorer(
+    data: bytes,
+    name: str,
+    *,
+    device: str = "cpu",
+    precision: str = "fp32",
+    cpu_bf16: bool = False,
+    expected_shape: tuple[int, int] | None = None,
+    probe_size: int = PROBE_SIZE,
+) -> Scorer:
+    """A scorer for checkpoint bytes that passed every stage, or :class:`CheckpointRejected` (one line
+    starting with ``name``). Never raises anything else for any content of ``data``."""
+    try:
+        ckpt = checkpoint.from_bytes(data, name=name)
+    except CheckpointError as err:
+        raise CheckpointRejected("load", _one_line(err)) from None
+    except Exception as err:  # not raised by contract, and just as fatal to this file
+        raise CheckpointRejected("load", f"{name}: corrupt detector checkpoint ({_one_line(err)})") from None
+    shape = (ckpt.window_length, ckpt.n_features)
+    if expected_shape is not None and shape != tuple(expected_shape):
+        raise CheckpointRejected(
+            "shape",
+            f"{name}: checkpoint takes windows of {shape[0]} steps x {shape[1]} features, "
+            f"the serving model (and the topic) {expected_shape[0]} x {expected_shape[1]}",
+        )
+    try:
+        scorer = Scorer(ckpt, device=device, precision=precision, cpu_bf16=cpu_bf16)
+    except Exception as err:
+        raise CheckpointRejected("scorer", f"{name}: cannot build a scorer on {device}: {_one_line(err)}") from None
+    try:
+        scores = scorer.score(probe_batch(probe_size, *shape))
+    except Exception as err:
+        raise CheckpointRejected("probe", f"{name}: scoring the probe batch failed: {_one_line(err)}") from None
+    for what, values in (
+        ("window logits", scores.window_logit),
+        ("probabilities", scores.probability),
+        ("step probabilities", scores.step_probability),
+    ):
+        if values is not None and not np.all(np.isfinite(values)):
+            raise CheckpointRejected("probe", f"{name}: the probe batch scored to non-finite {what}")
+    for what, values in (("probabilities", scores.probability), ("step probabilities", scores.step_probability)):
+        if values is not None and not np.all((values >= 0.0) & (values <= 1.0)):
+            raise CheckpointRejected("probe", f"{name}: the probe batch scored to {what} outside [0, 1]")
+    return scorer
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__

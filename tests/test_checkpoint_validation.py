@@ -1,0 +1,312 @@
+"""A checkpoint is checked once, the same way, at start-up and at hot reload: limits and thresholds from the
+header before anything is allocated, then a probe; any malformed file is one CheckpointError line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import structlog
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from detector.cli import main
+from detector.errors import CheckpointError, CheckpointRejected
+from detector.model import checkpoint
+from detector.model.checkpoint import Checkpoint
+from detector.model.train import train
+from detector.ops.metrics import PrometheusObserver
+from detector.ops.model_check import validated_scorer
+from detector.ops.reload import CheckpointWatcher, ReloadOutcome
+from tests.conftest import tiny_config
+
+Meta = dict[str, Any]
+State = dict[str, torch.Tensor]
+
+
+@pytest.fixture(scope="module")
+def good(small_data) -> bytes:
+    """A small trained checkpoint with window and step heads, as file bytes."""
+    ckpt = train(small_data, tiny_config(seed=0)).checkpoint
+    assert ckpt.step is not None
+    return checkpoint.to_bytes(ckpt)
+
+
+def _parts(data: bytes) -> tuple[Meta, State]:
+    (header_len,) = struct.unpack("<Q", data[:8])
+    meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["detector"])
+    return meta, load_tensors(data)
+
+
+def rewrite(
+    data: bytes, meta_edit: Callable[[Meta], None] | None = None, state_edit: Callable[[State], None] | None = None
+) -> bytes:
+    """The checkpoint with its metadata and/or tensors edited, written as safetensors again."""
+    meta, state = _parts(data)
+    if meta_edit is not None:
+        meta_edit(meta)
+    if state_edit is not None:
+        state_edit(state)
+    return save_tensors(state, metadata={"detector": json.dumps(meta)})
+
+
+def _set(*path_and_value: Any) -> Callable[[Meta], None]:
+    *path, value = path_and_value
+
+    def edit(meta: Meta) -> None:
+        target = meta
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return edit
+
+
+def _nan_weights(state: State) -> None:
+    for name in state:
+        state[name] = torch.full_like(state[name], float("nan"))
+
+
+def _narrow_hidden_weights(state: State) -> None:
+    state["lstm.weight_hh_l0"] = state["lstm.weight_hh_l0"][:, :-1].contiguous()
+
+
+def _deep_metadata(data: bytes) -> bytes:
+    _, state = _parts(data)
+    return save_tensors(state, metadata={"detector": "[" * 100_000 + "]" * 100_000})
+
+
+def _deep_header(data: bytes) -> bytes:
+    header = b'{"__metadata__":{"detector":"{}"},"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    return struct.pack("<Q", len(header)) + header
+
+
+def _huge_header(data: bytes) -> bytes:
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = data[8 : 8 + header_len] + b" " * (checkpoint.MAX_HEADER_BYTES + 1)
+    return struct.pack("<Q", len(header)) + header + data[8 + header_len :]
+
+
+HUGE_ARCHITECTURE = _set("architecture", {"hidden_size": 4096, "num_layers": 8, "bidirectional": True})
+
+# name -> (how to make the bad file from a good one, the stage that refuses it, words its reason holds)
+BAD: dict[str, tuple[Callable[[bytes], bytes], str, str]] = {
+    "nan-weights": (lambda d: rewrite(d, state_edit=_nan_weights), "probe", "non-finite"),
+    "nan-threshold": (lambda d: rewrite(d, _set("heads", "window", "threshold", math.nan)), "load", "threshold"),
+    "inf-step-threshold": (lambda d: rewrite(d, _set("heads", "step", "threshold", math.inf)), "load", "threshold"),
+    "negative-threshold": (lambda d: rewrite(d, _set("heads", "window", "threshold", -0.1)), "load", "threshold"),
+    "step-threshold-above-1": (lambda d: rewrite(d, _set("heads", "step", "threshold", 1.5)), "load", "threshold"),
+    "huge-architecture": (lambda d: rewrite(d, HUGE_ARCHITECTURE), "load", "parameters"),
+    "shape-mismatch": (lambda d: rewrite(d, state_edit=_narrow_hidden_weights), "load", "lstm.weight_hh_l0"),
+    "deep-metadata": (_deep_metadata, "load", "nested too deeply"),
+    "deep-header": (_deep_header, "load", "nested too deeply"),
+    "huge-header": (_huge_header, "load", "header of"),
+    "truncated": (lambda d: d[: len(d) * 2 // 3], "load", "corrupt detector checkpoint"),
+}
+
+
+def test_a_good_checkpoint_passes_the_check(good):
+    """The check returns a scorer for a sound file, with its threshold as stored."""
+    scorer = validated_scorer(good, "good.ckpt", expected_shape=(16, 2))
+    assert scorer.shape == (16, 2)
+    assert scorer.version == checkpoint.content_version(good)
+
+
+@pytest.mark.parametrize(
+    ("head", "threshold"),
+    [
+        *[("window", t) for t in (math.nan, math.inf, -math.inf, -0.1, 1.5, "0.5")],
+        *[("step", t) for t in (math.nan, math.inf, -1e-9, 2.0)],
+    ],
+)
+def test_a_threshold_that_is_not_a_probability_is_refused(good, head, threshold):
+    """A window or step head threshold that is non-finite, negative, above 1 or not a number fails the load."""
+    data = rewrite(good, _set("heads", head, "threshold", threshold))
+    with pytest.raises(CheckpointError, match=f"{head} head threshold") as err:
+        checkpoint.from_bytes(data, "t.ckpt")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, checkpoint.THRESHOLD_MAX])
+def test_thresholds_from_0_to_the_flag_nothing_value_load(good, threshold):
+    """0, 1 and the just-above-1 value a threshold rule gives to flag nothing are all accepted, on both heads."""
+    data = rewrite(good, lambda m: [_set("heads", h, "threshold", threshold)(m) for h in ("window", "step")])
+    ckpt = checkpoint.from_bytes(data)
+    assert ckpt.window.threshold == ckpt.step.threshold == threshold
+
+
+@pytest.fixture
+def no_real_network(monkeypatch) -> None:
+    """Fail the test if a network is built anywhere but on the meta device (where nothing is allocated)."""
+    real = checkpoint.DetectorNet
+
+    class MetaOnly(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if torch.get_default_device().type != "meta":
+                raise AssertionError("a network was built with real storage")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "DetectorNet", MetaOnly)
+
+
+def test_a_huge_architecture_is_refused_before_anything_is_allocated(good, no_real_network):
+    """Metadata claiming 8 layers of 4096 units (~3 billion parameters, ~12 GB) in a small file is refused
+    from the header, naming the parameter limit, with no network built."""
+    data = rewrite(good, HUGE_ARCHITECTURE)
+    assert len(data) < 100_000
+    with pytest.raises(CheckpointError, match="parameters, the limit is 25,000,000"):
+        checkpoint.from_bytes(data, "huge.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (_narrow_hidden_weights, "'lstm.weight_hh_l0' of shape [32, 7], the architecture needs [32, 8]"),
+        (lambda s: s.pop("step_head.bias"), "lack 'step_head.bias'"),
+        (lambda s: s.update(extra=torch.zeros(3)), "hold 'extra'"),
+    ],
+    ids=["wrong-shape", "missing", "extra"],
+)
+def test_weights_that_do_not_fit_the_architecture_are_refused_before_a_network_is_built(
+    good, no_real_network, edit, words
+):
+    """The header's tensor names and shapes are compared with the architecture's before any network exists."""
+    with pytest.raises(CheckpointError, match="corrupt detector checkpoint") as err:
+        checkpoint.from_bytes(rewrite(good, state_edit=edit), "w.ckpt")
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (_set("window_length", checkpoint.MAX_WINDOW_LENGTH + 1), "window_length 4097"),
+        (_set("window_length", 1e400), "window_length inf"),
+        (_set("window_length", "16"), "window_length '16'"),
+        (_set("features", [f"f{i}" for i in range(checkpoint.MAX_FEATURES + 1)]), "feature count 257"),
+        (_set("features", []), "feature count 0"),
+        (_set("normalisation", "std", [0.0] * 6), "std holds a value <= 0"),
+        (_set("normalisation", "mean", [math.nan] * 6), "mean holds a value that is not a finite number"),
+        (_set("heads", "window", {"calibration": [], "threshold": 0.5, "rule": "0.5"}), "window head"),
+        (_set("heads", []), "corrupt"),
+    ],
+)
+def test_metadata_out_of_bounds_or_of_the_wrong_type_is_one_checkpoint_error(good, no_real_network, edit, words):
+    """Window length, feature count, normalisation and heads are bounded and typed, checked from the header."""
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.from_bytes(rewrite(good, edit), "m.ckpt")
+    assert words in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_windows_beyond_the_value_limit_are_refused(good, no_real_network):
+    """window_length x features above MAX_WINDOW_VALUES is refused even when each is within its own limit."""
+    n = checkpoint.MAX_WINDOW_VALUES // checkpoint.MAX_WINDOW_LENGTH + 1
+    edit = _set("features", [f"f{i}" for i in range(n)])
+    data = rewrite(good, lambda m: (edit(m), _set("window_length", checkpoint.MAX_WINDOW_LENGTH)(m)))
+    with pytest.raises(CheckpointError, match="the limit is 65,536 values"):
+        checkpoint.from_bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["deep-metadata", "deep-header", "huge-header", "truncated"])
+def test_malformed_files_are_one_checkpoint_error_line(good, kind):
+    """Deeply nested JSON, an oversized header and a truncated file each raise one CheckpointError line."""
+    make, _, words = BAD[kind]
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.from_bytes(make(good), "bad.ckpt")
+    assert words in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def _guard_memory(kind: str, request: pytest.FixtureRequest) -> None:
+    """For the huge architecture, a regression fails at once instead of allocating ~12 GB."""
+    if kind == "huge-architecture":
+        request.getfixturevalue("no_real_network")
+
+
+@pytest.fixture
+def cli_env(monkeypatch):
+    """A clean DETECTOR_* environment; logging and the switch interval restored after the daemon ran."""
+    for name in [n for n in os.environ if n.startswith("DETECTOR_")]:
+        monkeypatch.delenv(name)
+    root = logging.getLogger()
+    handlers, level, interval = root.handlers[:], root.level, sys.getswitchinterval()
+    yield monkeypatch
+    root.handlers, root.level = handlers, level
+    sys.setswitchinterval(interval)
+    structlog.reset_defaults()
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_serve_refuses_a_bad_checkpoint_with_exit_2_and_one_line_before_any_broker(
+    good, kind, tmp_path, cli_env, capsys, request
+):
+    """`detector serve` with a bad checkpoint exits 2 with one `detector:` line naming the file, and never
+    connects to a broker."""
+    make, _, words = BAD[kind]
+    _guard_memory(kind, request)
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(make(good))
+    connects: list[object] = []
+    cli_env.setattr("detector.serve.daemon.connect", lambda *a, **k: connects.append(a))
+    cli_env.setenv("DETECTOR_MODEL__CHECKPOINT", str(path))
+    cli_env.setenv("DETECTOR_MODEL__DEVICE", "cpu")
+    cli_env.setenv("DETECTOR_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    cli_env.setenv("DETECTOR_HTTP__PORT", "0")
+    cli_env.setattr(torch, "set_num_threads", lambda n: None)  # process-wide otherwise
+    assert main(["serve"]) == 2
+    assert connects == []
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("detector")]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"detector: {path}")
+    assert words in lines[0]
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_reload_rejects_a_bad_checkpoint_and_the_old_model_stays(good, kind, tmp_path, request):
+    """On reload the same file is rejected at the same stage, counted once as rejected, and never taken."""
+    make, stage, words = BAD[kind]
+    _guard_memory(kind, request)
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(good)
+    serving = checkpoint.content_version(good)
+    metrics = PrometheusObserver()
+    outcomes: list[ReloadOutcome] = []
+
+    def on_result(outcome: ReloadOutcome) -> None:
+        outcomes.append(outcome)
+        metrics.reloaded(outcome.result)
+
+    watcher = CheckpointWatcher(path, 0.05, (16, 2), "cpu", "fp32", on_result, serving_version=serving)
+    path.write_bytes(make(good))
+    outcome = watcher.poll_once()
+    assert outcome is not None
+    assert (outcome.accepted, outcome.stage) == (False, stage)
+    assert words in (outcome.reason or "")
+    assert outcomes == [outcome]
+    assert metrics.registry.get_sample_value("detector_reloads_total", {"result": "rejected"}) == 1
+    assert watcher.take() is None
+    assert watcher.serving_version == serving
+
+
+def test_a_checkpoint_of_another_shape_is_refused_only_where_a_shape_is_expected(good):
+    """Without an expected shape (start-up) any bounded shape serves; on reload a different one is refused."""
+    data = rewrite(good, lambda m: m.update(window_length=32))
+    assert validated_scorer(data, "m.ckpt").shape == (32, 2)
+    with pytest.raises(CheckpointRejected, match="32 steps x 2 features") as err:
+        validated_scorer(data, "m.ckpt", expected_shape=(16, 2))
+    assert err.value.stage == "shape"
+
+
+def test_a_sound_file_loads_back_to_the_same_bytes(good):
+    """A file within every limit loads, and writing it again gives the same bytes."""
+    ckpt = checkpoint.from_bytes(good)
+    assert isinstance(ckpt, Checkpoint)
+    assert checkpoint.to_bytes(ckpt) == good
