@@ -8,6 +8,10 @@ YAML file may set ``kafka.input_topic`` while the environment sets ``DETECTOR_KA
     3. the YAML file given with ``--config`` (the same names, nested: ``kafka: {input_topic: in}``)
     4. the defaults below (the table in DESIGN.md)
 
+The secrets of ``SECRET_FILE_SETTINGS`` may instead come from a file, the way Docker and Kubernetes mount
+them: ``DETECTOR_KAFKA__SASL_PASSWORD_FILE=/run/secrets/kafka-password`` sets ``kafka.sasl_password`` to the
+file's text (at most ``SECRET_FILE_MAX_BYTES``, trailing line breaks dropped), at the environment's rank.
+
 Only this module reads the environment. The CLI builds ``Settings`` once and passes it down; it is frozen.
 Any problem (a missing or malformed file, an unknown key, an invalid value) raises ``ConfigError`` with a
 one-line message naming the setting in both its dotted and its environment form.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import stat
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -41,6 +46,16 @@ from detector.model.config import TrainConfig
 ENV_PREFIX = "DETECTOR_"
 ENV_DELIMITER = "__"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# The settings that also read DETECTOR_<SECTION>__<NAME>_FILE, a file holding the value.
+SECRET_FILE_SETTINGS = ("kafka.sasl_username", "kafka.sasl_password", "kafka.ssl_password")
+SECRET_FILE_MAX_BYTES = 64 * 1024  # far above any password; a larger file is refused, never read whole
+_TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+_SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+def env_name(dotted: str) -> str:
+    """The environment variable of a setting: ``kafka.sasl_password`` -> ``DETECTOR_KAFKA__SASL_PASSWORD``."""
+    return ENV_PREFIX + ENV_DELIMITER.join(dotted.split(".")).upper()
 
 
 class _Section(BaseModel):
@@ -66,15 +81,74 @@ class KafkaSettings(_Section):
     # under load at 50 a few fetches a run were held ~100 ms (none at 10): use 10 there (configs/dev.yaml).
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=60_000)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None  # from the environment or a secret store, never a file
+    # Required by the SASL_* protocols, refused by the others (they would connect unauthenticated).
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, validate_default=True
+    )
+    sasl_username: str | None = None  # or DETECTOR_KAFKA__SASL_USERNAME_FILE
+    # From DETECTOR_KAFKA__SASL_PASSWORD or DETECTOR_KAFKA__SASL_PASSWORD_FILE; YAML works but keeps it on disk.
+    sasl_password: SecretStr | None = None
+    # The TLS settings are only for the SSL and SASL_SSL protocols; the others refuse them (they would
+    # connect without TLS). Kafka clients check that each file loads before their first connection.
     ssl_cafile: str | None = None  # CA bundle to verify the brokers; None = the system store
+    ssl_certfile: str | None = None  # client certificate (PEM) for mutual TLS; needs ssl_keyfile
+    # Its private key (PEM; the same path when one file holds both); needs ssl_certfile.
+    ssl_keyfile: str | None = Field(default=None, validate_default=True)
+    ssl_password: SecretStr | None = None  # decrypts an encrypted ssl_keyfile; or DETECTOR_KAFKA__SSL_PASSWORD_FILE
 
-    @field_validator("sasl_mechanism", "sasl_username", "sasl_password", "ssl_cafile", mode="before")
+    @field_validator(
+        "sasl_mechanism",
+        "sasl_username",
+        "sasl_password",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("sasl_mechanism")
+    @classmethod
+    def _mechanism_fits_protocol(cls, value: str | None, info: ValidationInfo) -> str | None:
+        protocol = info.data.get("security_protocol")
+        if protocol is None:  # itself invalid, and reported
+            return value
+        if protocol in _SASL_PROTOCOLS and value is None:
+            raise ValueError(f"required with security_protocol {protocol}")
+        if protocol not in _SASL_PROTOCOLS and value is not None:
+            raise ValueError(
+                f"{value} needs security_protocol SASL_PLAINTEXT or SASL_SSL; with {protocol} no SASL would happen"
+            )
+        return value
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+    @classmethod
+    def _tls_fits_protocol(cls, value: Any, info: ValidationInfo) -> Any:
+        protocol = info.data.get("security_protocol")
+        if value is not None and protocol is not None and protocol not in _TLS_PROTOCOLS:
+            raise ValueError(f"needs security_protocol SSL or SASL_SSL; with {protocol} no TLS would happen")
+        return value
+
+    @field_validator("ssl_keyfile")
+    @classmethod
+    def _key_with_certificate(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "ssl_certfile" not in info.data:  # itself invalid, and reported
+            return value
+        if value is None and info.data["ssl_certfile"] is not None:
+            raise ValueError("required with kafka.ssl_certfile: a client certificate needs its private key")
+        if value is not None and info.data["ssl_certfile"] is None:
+            raise ValueError("set without kafka.ssl_certfile: a private key needs its client certificate")
+        return value
+
+    @field_validator("ssl_password")
+    @classmethod
+    def _password_with_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and "ssl_keyfile" in info.data and info.data["ssl_keyfile"] is None:
+            raise ValueError("set without kafka.ssl_keyfile: it only decrypts that key")
+        return value
 
     @field_validator("heartbeat_interval_ms")
     @classmethod
@@ -207,7 +281,8 @@ _inputs: ContextVar[tuple[Path | None, Mapping[str, str] | None]] = ContextVar(
 
 
 class _EnvironSource(EnvSettingsSource):
-    """The environment source, reading a given mapping instead of ``os.environ``."""
+    """The environment source, reading a given mapping instead of ``os.environ``, with the ``_FILE`` form
+    of ``SECRET_FILE_SETTINGS`` read in place of the variable it names."""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
         self._environ = environ  # read by _load_env_vars, which the base __init__ calls
@@ -215,7 +290,46 @@ class _EnvironSource(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         # names are matched case-insensitively (case_sensitive is off), as the base class does
-        return {key.lower(): value for key, value in self._environ.items()}
+        env = {key.lower(): value for key, value in self._environ.items()}
+        for dotted in SECRET_FILE_SETTINGS:
+            name = env_name(dotted)
+            path = env.pop(name.lower() + "_file", None)
+            if not path:  # unset, or empty: unset like any empty optional value
+                continue
+            if name.lower() in env:
+                raise ConfigError(f"both {name} and {name}_FILE are set: keep one")
+            env[name.lower()] = _read_secret_file(name + "_FILE", path)
+        return env
+
+
+def _read_secret_file(variable: str, path: str) -> str:
+    """The text of a secret file, without its trailing line breaks; ConfigError naming ``variable`` when it
+    is not a readable regular file of UTF-8 text of 1 to ``SECRET_FILE_MAX_BYTES`` bytes. Never blocks on a
+    FIFO and never reads past the limit."""
+    where = f"{variable}={path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise ConfigError(f"cannot read {where}: {err.strerror or err}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"cannot read {where}: not a regular file")
+        data = b""
+        while len(data) <= SECRET_FILE_MAX_BYTES and (chunk := os.read(fd, SECRET_FILE_MAX_BYTES + 1 - len(data))):
+            data += chunk
+    except OSError as err:
+        raise ConfigError(f"cannot read {where}: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+    if len(data) > SECRET_FILE_MAX_BYTES:
+        raise ConfigError(f"{where} is larger than {SECRET_FILE_MAX_BYTES} bytes: not a secret")
+    try:
+        text = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text") from None
+    if not text:
+        raise ConfigError(f"{where} is empty")
+    return text
 
 
 class _YamlSource(YamlConfigSettingsSource):
@@ -262,10 +376,23 @@ def _describe(error: ErrorDetails) -> str:
     loc = [str(part) for part in error["loc"]]
     # a list index (train.network.event_types.1) has no environment form of its own
     names = itertools.takewhile(lambda part: isinstance(part, str), error["loc"])
-    env = ENV_PREFIX + ENV_DELIMITER.join(str(name) for name in names).upper()
+    env = env_name(".".join(str(name) for name in names))
     what = "unknown setting" if error["type"] == "extra_forbidden" else "invalid setting"
     reason = " ".join(str(error["msg"]).split()).removeprefix("Value error, ")
     return f"{what} {'.'.join(loc)} ({env}): {reason}"
+
+
+def security_warnings(settings: Settings) -> list[str]:
+    """One line per setting that is valid but exposes a secret or the traffic (empty when none), for the
+    start-up log. Settings that cannot work are refused at load instead."""
+    k = settings.kafka
+    warnings = []
+    if k.security_protocol == "SASL_PLAINTEXT" and k.sasl_mechanism == "PLAIN":
+        warnings.append(
+            "kafka.sasl_mechanism PLAIN over security_protocol SASL_PLAINTEXT sends the SASL password to the "
+            "brokers unencrypted: use SASL_SSL"
+        )
+    return warnings
 
 
 def masked(settings: Settings) -> dict[str, Any]:

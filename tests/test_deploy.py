@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from detector.ops.http import Health, OpsServer
 from detector.ops.metrics import METRIC_NAMES
-from detector.settings import ENV_DELIMITER, ENV_PREFIX, Settings, load_settings
+from detector.settings import ENV_DELIMITER, ENV_PREFIX, SECRET_FILE_SETTINGS, Settings, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -148,7 +148,10 @@ def expand(text: str, args: dict[str, str]) -> str:
 
 
 def settings_field(name: str) -> Any:
-    """The settings field an environment name sets; AssertionError naming the part that does not exist."""
+    """The settings field an environment name sets (a secret's _FILE form sets the secret); AssertionError
+    naming the part that does not exist."""
+    if name.removesuffix("_FILE") in {env_name(secret) for secret in SECRET_FILE_SETTINGS}:
+        name = name.removesuffix("_FILE")
     parts = name.removeprefix(ENV_PREFIX).lower().split(ENV_DELIMITER.lower())
     model: Any = Settings
     for i, part in enumerate(parts):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from detector.broker import CLIENT_ENV
 from detector.errors import ConfigError
-from detector.settings import Settings, load_settings, masked
+from detector.settings import Settings, load_settings, masked, security_warnings
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 _CLIENT_FIELDS = ("session_timeout_ms", "heartbeat_interval_ms", "fetch_max_wait_ms")
@@ -218,3 +219,153 @@ def test_train_config_nested_env_override() -> None:
     assert s.train.network.hidden_size == 32
     assert s.train.epochs == 3
     assert s.train.network.num_layers == 2  # a default, untouched by the override
+
+
+def secret_file(tmp_path: Path, content: bytes, name: str = "secret") -> str:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def test_a_file_secret_sets_the_setting_without_its_trailing_newline(tmp_path: Path) -> None:
+    """DETECTOR_KAFKA__SASL_PASSWORD_FILE sets kafka.sasl_password to the file's text, trailing newline dropped."""
+    s = load_settings(
+        environ={
+            "DETECTOR_KAFKA__SASL_PASSWORD_FILE": secret_file(tmp_path, b"s3cret pw\n"),
+            "DETECTOR_KAFKA__SASL_USERNAME_FILE": secret_file(tmp_path, b"detector\r\n", "user"),
+        }
+    )
+    assert s.kafka.sasl_password is not None
+    assert s.kafka.sasl_password.get_secret_value() == "s3cret pw"
+    assert s.kafka.sasl_username == "detector"
+    assert "s3cret" not in json.dumps(masked(s))
+
+
+def test_a_file_secret_beats_yaml_like_the_environment(tmp_path: Path) -> None:
+    """A _FILE secret ranks with the environment: it wins over the YAML file's value."""
+    config = write_yaml(
+        tmp_path,
+        "kafka:\n  security_protocol: SSL\n  ssl_password: from-yaml\n  ssl_certfile: c.pem\n  ssl_keyfile: k.pem\n",
+    )
+    s = load_settings(config, environ={"DETECTOR_KAFKA__SSL_PASSWORD_FILE": secret_file(tmp_path, b"from-file")})
+    assert s.kafka.ssl_password is not None
+    assert s.kafka.ssl_password.get_secret_value() == "from-file"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(None, "No such file"), (b"", "is empty"), (b"\xff\xfe", "not UTF-8"), (b"x" * (64 * 1024 + 1), "larger than")],
+)
+def test_an_unusable_secret_file_is_one_line_naming_the_variable(tmp_path: Path, content: bytes | None, reason: str):
+    """A missing, empty, non-UTF-8 or oversized secret file is a one-line ConfigError naming the _FILE variable."""
+    path = str(tmp_path / "missing") if content is None else secret_file(tmp_path, content)
+    with pytest.raises(ConfigError, match="DETECTOR_KAFKA__SASL_PASSWORD_FILE") as info:
+        load_settings(environ={"DETECTOR_KAFKA__SASL_PASSWORD_FILE": path})
+    assert reason in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_huge_or_endless_secret_file_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    """A 1 GiB file is refused by its first 64 KiB; /dev/zero, a directory and a FIFO with no writer are
+    refused at once as not regular files, never read or waited on."""
+    huge = tmp_path / "huge"
+    with huge.open("wb") as file:
+        file.truncate(1 << 30)  # sparse: costs no disk
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cases = [(huge, "larger than 65536 bytes"), ("/dev/zero", "not a regular file")]
+    cases += [(tmp_path, "not a regular file"), (fifo, "not a regular file")]
+    for path, reason in cases:
+        with pytest.raises(ConfigError, match=f"DETECTOR_KAFKA__SASL_PASSWORD_FILE={path}.*{reason}"):
+            load_settings(environ={"DETECTOR_KAFKA__SASL_PASSWORD_FILE": str(path)})
+
+
+def test_a_secret_and_its_file_together_are_refused(tmp_path: Path) -> None:
+    """Setting both DETECTOR_X and DETECTOR_X_FILE is a ConfigError naming both."""
+    with pytest.raises(ConfigError, match="DETECTOR_KAFKA__SASL_PASSWORD and DETECTOR_KAFKA__SASL_PASSWORD_FILE"):
+        load_settings(
+            environ={
+                "DETECTOR_KAFKA__SASL_PASSWORD": "pw",
+                "DETECTOR_KAFKA__SASL_PASSWORD_FILE": secret_file(tmp_path, b"pw"),
+            }
+        )
+
+
+def test_file_form_is_only_for_secrets(tmp_path: Path) -> None:
+    """A _FILE variable of a setting that is not a secret is an unknown setting, not read."""
+    with pytest.raises(ConfigError, match="DETECTOR_KAFKA__GROUP_ID_FILE"):
+        load_settings(environ={"DETECTOR_KAFKA__GROUP_ID_FILE": secret_file(tmp_path, b"g")})
+
+
+def test_mutual_tls_settings_load_and_the_key_password_is_masked() -> None:
+    """Client certificate, key and key password load with SSL; the password is a masked secret."""
+    s = load_settings(
+        environ={
+            "DETECTOR_KAFKA__SECURITY_PROTOCOL": "SSL",
+            "DETECTOR_KAFKA__SSL_CERTFILE": "/tls/client.pem",
+            "DETECTOR_KAFKA__SSL_KEYFILE": "/tls/client.key",
+            "DETECTOR_KAFKA__SSL_PASSWORD": "keypw",
+        }
+    )
+    assert (s.kafka.ssl_certfile, s.kafka.ssl_keyfile) == ("/tls/client.pem", "/tls/client.key")
+    assert masked(s)["kafka"]["ssl_password"] == "***"
+    assert "keypw" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"DETECTOR_KAFKA__SSL_CERTFILE": "c.pem"}, r"DETECTOR_KAFKA__SSL_KEYFILE\): required with kafka.ssl_certfile"),
+        ({"DETECTOR_KAFKA__SSL_KEYFILE": "k.pem"}, r"DETECTOR_KAFKA__SSL_KEYFILE\): set without kafka.ssl_certfile"),
+        ({"DETECTOR_KAFKA__SSL_PASSWORD": "pw"}, r"DETECTOR_KAFKA__SSL_PASSWORD\): set without kafka.ssl_keyfile"),
+    ],
+)
+def test_certificate_key_and_password_come_together(environ: dict[str, str], message: str) -> None:
+    """A client certificate without its key, a key without its certificate, or a key password alone is refused."""
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(environ={"DETECTOR_KAFKA__SECURITY_PROTOCOL": "SSL", **environ})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "env_name"),
+    [
+        ({"DETECTOR_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512"}, "DETECTOR_KAFKA__SASL_MECHANISM"),
+        (
+            {"DETECTOR_KAFKA__SECURITY_PROTOCOL": "SSL", "DETECTOR_KAFKA__SASL_MECHANISM": "PLAIN"},
+            "DETECTOR_KAFKA__SASL_MECHANISM",
+        ),
+        ({"DETECTOR_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"}, "DETECTOR_KAFKA__SASL_MECHANISM"),
+        ({"DETECTOR_KAFKA__SSL_CAFILE": "ca.pem"}, "DETECTOR_KAFKA__SSL_CAFILE"),
+        (
+            {
+                "DETECTOR_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "DETECTOR_KAFKA__SASL_MECHANISM": "PLAIN",
+                "DETECTOR_KAFKA__SSL_CAFILE": "ca.pem",
+            },
+            "DETECTOR_KAFKA__SSL_CAFILE",
+        ),
+    ],
+)
+def test_security_settings_the_protocol_would_ignore_are_refused(environ: dict[str, str], env_name: str) -> None:
+    """A SASL mechanism without a SASL_* protocol, a SASL_* protocol without a mechanism, or a TLS setting
+    without a TLS protocol is refused, naming the setting, instead of connecting with less security."""
+    with pytest.raises(ConfigError, match=env_name) as info:
+        load_settings(environ=environ)
+    assert "\n" not in str(info.value)
+
+
+def test_sasl_plain_over_plaintext_warns_and_other_combinations_do_not() -> None:
+    """security_warnings flags PLAIN over SASL_PLAINTEXT (password in clear) and nothing in the shipped configs."""
+    plain = load_settings(
+        environ={"DETECTOR_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT", "DETECTOR_KAFKA__SASL_MECHANISM": "PLAIN"}
+    )
+    (warning,) = security_warnings(plain)
+    assert "PLAIN" in warning
+    assert "SASL_SSL" in warning
+    over_tls = load_settings(
+        environ={"DETECTOR_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "DETECTOR_KAFKA__SASL_MECHANISM": "PLAIN"}
+    )
+    assert security_warnings(over_tls) == []
+    for name in ("dev.yaml", "production.yaml"):
+        assert security_warnings(load_settings(CONFIGS / name, environ={})) == []
