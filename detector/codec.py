@@ -4,20 +4,7 @@ Two input codecs (DESIGN.md): JSON (the default) and the compact binary ``applic
 (little-endian float32 row-major values; the other fields in headers). Every failure is a
 :class:`~detector.errors.WindowError` carrying a stable reason code; callers turn it into a dead letter.
 
-Reason codes (stable; documented in the README):
-
-    bad_encoding          the bytes are not UTF-8
-    bad_json              not parseable JSON
-    not_object            JSON that is not an object
-    missing_series_id     series_id absent, empty, not a string, or longer than 256 characters
-    missing_values        values absent or empty
-    bad_values            values ragged, nested too deep, or not numbers
-    non_finite            NaN or infinity among the values
-    bad_shape             values do not have the (T, F) the model expects
-    bad_labels            labels not T integers in {0, 1}
-    bad_field             window_id, start or step_ms of the wrong type
-    oversize              the message is larger than limits.max_message_bytes
-    unknown_content_type  a content-type header this daemon does not decode
+Reason codes (stable): :data:`REASONS`, which the README's table repeats (a test keeps them equal).
 """
 
 from __future__ import annotations
@@ -33,6 +20,27 @@ from detector.errors import WindowError
 F32_CONTENT_TYPE = "application/x-detector-f32"
 JSON_CONTENT_TYPES = ("application/json", "")
 MAX_SERIES_ID = 256
+MAX_WINDOW_ID = 256  # characters of a string window_id: it is copied into every output and alert record
+
+# Every reason a message can become a dead letter for, with its meaning: the one list of them.
+REASONS: dict[str, str] = {
+    "bad_encoding": "not UTF-8",
+    "bad_json": "not parseable JSON, or nested deeper than the decoder allows",
+    "not_object": "JSON that is not an object",
+    "missing_series_id": "`series_id` absent, empty, not a string or over 256 characters",
+    "missing_values": "`values` absent or empty",
+    "bad_values": "ragged rows, or entries that are not numbers (strings, booleans, null)",
+    "non_finite": "NaN, infinity, or a number beyond float range",
+    "bad_shape": "not the (T, F) of the model",
+    "bad_labels": "labels that are not T integers in {0, 1}",
+    "bad_field": "`window_id`, `start` or `step_ms` of the wrong type, `step_ms` <= 0, "
+    "or a `window_id` over 256 characters",
+    "oversize": "larger than `limits.max_message_bytes` (daemon)",
+    "unknown_content_type": "a content-type header the daemon does not decode (daemon)",
+    "decode_failed": "decoding failed in a way no other reason covers; `error.detail` names the error (daemon)",
+    "output_refused": "the window was scored, but the broker refused its output record for good "
+    "(e.g. too large); `error.detail` holds the broker's error (daemon)",
+}
 
 _json_decoder = msgspec.json.Decoder()
 _json_encoder = msgspec.json.Encoder()
@@ -95,6 +103,8 @@ def window_from_obj(obj: Any, shape: tuple[int, int] | None = None) -> Window:
     wid = obj.get("window_id")
     if wid is not None and (isinstance(wid, bool) or not isinstance(wid, str | int)):
         raise WindowError("bad_field", f"window_id must be a string or an integer, got {type(wid).__name__}")
+    if isinstance(wid, str) and len(wid) > MAX_WINDOW_ID:
+        raise WindowError("bad_field", f"window_id must be at most {MAX_WINDOW_ID} characters, got {len(wid)}")
     step_ms = _optional_int(obj, "step_ms")
     if step_ms is not None and step_ms <= 0:
         raise WindowError("bad_field", "step_ms must be > 0")
@@ -128,6 +138,8 @@ def parse_json(data: bytes) -> Any:
     """JSON bytes -> Python value; WindowError ``bad_encoding``, ``non_finite`` or ``bad_json`` otherwise."""
     try:
         return _json_decoder.decode(data)
+    except RecursionError:  # msgspec's own depth limit: ~1,000 nested arrays or objects
+        raise WindowError("bad_json", "JSON nested deeper than the decoder allows") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as err:
         try:
             data.decode("utf-8")
@@ -167,10 +179,12 @@ def _decode_typed(data: bytes, shape: tuple[int, int] | None) -> tuple[Window, i
     for decoder in decoders:
         try:
             obj = decoder.decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             continue
         sid = obj.series_id
         if not sid or len(sid) > MAX_SERIES_ID or not obj.values:
+            return None
+        if isinstance(obj.window_id, str) and len(obj.window_id) > MAX_WINDOW_ID:
             return None
         try:
             with np.errstate(over="ignore"):
@@ -223,7 +237,7 @@ def decode_f32(data: bytes, headers: dict[str, bytes], shape: tuple[int, int]) -
         try:
             return int(s)
         except ValueError:
-            raise WindowError("bad_field", f"header {key} must be an integer, got {s!r}") from None
+            raise WindowError("bad_field", f"header {key} must be an integer, got {s[:40]!r}") from None
 
     sid = text("series_id")
     if not sid or len(sid) > MAX_SERIES_ID:
@@ -237,9 +251,12 @@ def decode_f32(data: bytes, headers: dict[str, bytes], shape: tuple[int, int]) -
     step_ms = integer("step_ms")
     if step_ms is not None and step_ms <= 0:
         raise WindowError("bad_field", "header step_ms must be > 0")
+    window_id = text("window_id")
+    if window_id is not None and len(window_id) > MAX_WINDOW_ID:
+        raise WindowError("bad_field", f"header window_id must be at most {MAX_WINDOW_ID} characters")
     return Window(
         series_id=sid,
-        window_id=text("window_id"),  # headers are text: an integer window_id comes back as a string
+        window_id=window_id,  # headers are text: an integer window_id comes back as a string
         start=integer("start"),
         step_ms=step_ms,
         values=values,

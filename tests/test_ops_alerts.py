@@ -182,3 +182,18 @@ def test_transitions_follow_the_runs(flags, raise_after, clear_after, batch):
             assert next(transitions)["state"] == ("cleared" if raised else "raised")
             raised, run = not raised, 0
     assert next(transitions, None) is None
+
+
+def test_memory_is_bounded_by_bytes_as_well_as_by_count():
+    """Series with long ids fill the byte budget before the count: the least recently seen are evicted and
+    the bytes charged never exceed max_bytes."""
+    tracker = AlertTracker(1, 1, max_series=10**6, max_bytes=200_000)
+    for i in range(2000):
+        sid = f"{i:04d}" + "s" * 252
+        tracker.observe([{"series_id": sid, "window_id": "w" * 256, "start": i, "probability": 0.1, "flag": False,
+                          "model_version": "v"}])  # fmt: skip
+        assert tracker.bytes <= 200_000
+    assert 0 < len(tracker) < 2000
+    assert tracker.evicted == 2000 - len(tracker)
+    assert not tracker.is_raised("0000" + "s" * 252)  # the oldest went first
+    assert tracker.bytes == sum(s.size for s in tracker._series.values())

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from structlog.testing import capture_logs
 
+from detector.codec import REASONS
 from detector.ops.metrics import METRIC_NAMES, PrometheusObserver
 from detector.serve.messages import TopicPartition
 from detector.serve.observer import Observer, SafeObserver
@@ -63,6 +64,9 @@ def feed(obs: PrometheusObserver, clock: FakeClock) -> None:
     obs.reloaded("rejected")
     obs.reloaded("rejected")
     obs.alert_transitions(raised=2, cleared=1)
+    obs.delivery_stalled(12.5)
+    obs.output_dropped(2)
+    obs.unreadable_record()
 
 
 def test_every_family_is_exposed_with_the_values_fed():
@@ -115,6 +119,9 @@ def test_every_family_is_exposed_with_the_values_fed():
     alerts = scrape["detector_alert_transitions_total"]
     assert value(alerts, "detector_alert_transitions_total", state="raised") == 2
     assert value(alerts, "detector_alert_transitions_total", state="cleared") == 1
+    assert value(scrape["detector_delivery_stalled_seconds"], "detector_delivery_stalled_seconds") == 12.5
+    assert value(scrape["detector_output_dropped_total"], "detector_output_dropped_total") == 2
+    assert value(scrape["detector_unreadable_records_total"], "detector_unreadable_records_total") == 1
 
 
 def test_metric_names_are_exactly_the_registered_families_and_follow_prometheus_naming():
@@ -136,9 +143,11 @@ def test_metric_names_are_exactly_the_registered_families_and_follow_prometheus_
 
 
 def test_series_that_exist_before_any_event():
-    """Reload results and alert states read 0 from the start (so rate() works); no model version is shown
-    before one is loaded."""
+    """Reload results, alert states and every dead-letter reason read 0 from the start (so rate() works); no
+    model version is shown before one is loaded."""
     scrape = families(generate_latest(PrometheusObserver().registry).decode())
+    for reason in REASONS:
+        assert value(scrape["detector_dead_letters_total"], "detector_dead_letters_total", reason=reason) == 0
     assert value(scrape["detector_reloads_total"], "detector_reloads_total", result="ok") == 0
     assert value(scrape["detector_reloads_total"], "detector_reloads_total", result="rejected") == 0
     assert value(scrape["detector_alert_transitions_total"], "detector_alert_transitions_total", state="raised") == 0

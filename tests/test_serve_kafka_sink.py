@@ -96,3 +96,33 @@ def test_a_stalled_producer_is_replaced_and_its_records_handed_back():
     assert (result.unfinished, len(result.failures)) == (0, 3)
     assert stalled.closed
     assert len(made) == 1
+
+
+def test_a_topic_the_client_may_not_write_to_is_a_permanent_refusal():
+    """TopicAuthorizationFailed and InvalidTopic are permanent (the runner sends the input to the DLQ as
+    output_refused); a producer fault that a new producer cures, such as OutOfOrderSequenceNumber, is not."""
+    for error in (kerr.TopicAuthorizationFailedError("denied"), kerr.InvalidTopicError("bad name")):
+        sink = KafkaSink(StandInProducer, StandInProducer(error))
+        sink.send(records(1)[0])
+        (failure,) = sink.flush(1.0).failures
+        assert failure.permanent, error
+    sink = KafkaSink(StandInProducer, StandInProducer(kerr.OutOfOrderSequenceNumberError("seq")))
+    sink.send(records(1)[0])
+    (failure,) = sink.flush(1.0).failures
+    assert not failure.permanent
+
+
+def test_a_record_the_client_rejects_before_sending_is_a_permanent_refusal():
+    """kafka-python's own checks (a header value that is not bytes, a topic name it rejects) raise TypeError or
+    ValueError from send: a permanent failure, never an exception out of the sink."""
+    for error in (TypeError("All headers items must be (str, bytes) tuples"), ValueError("bad topic")):
+
+        class Rejecting(StandInProducer):
+            def send(self, topic, key=None, value=None, headers=None, error=error):
+                raise error
+
+        sink = KafkaSink(Rejecting, Rejecting())
+        sink.send(records(1)[0])
+        (failure,) = sink.flush(1.0).failures
+        assert failure.permanent
+        assert type(error).__name__ in failure.error

@@ -22,13 +22,15 @@ What a caller may rely on:
   arrival order when some lack a ``start``). Across calls, a window whose ``start`` is earlier than the
   last one processed for its series, or that repeats the last one (same ``start`` and ``window_id``), is
   skipped: it is a redelivery after a rebalance, and counting it again would break the hysteresis.
-- Memory is bounded: at most ``max_series`` series are remembered, least recently seen evicted first
-  (``evicted`` counts them). An evicted series starts again clear with an empty run: a series that went
-  silent while raised gets no ``cleared``, and a new run of k flagged windows raises it again.
+- Memory is bounded by count and by bytes: at most ``max_series`` series are remembered, and their state
+  (ids included, as Python holds them) takes at most ``max_bytes``; the least recently seen are evicted
+  first (``evicted`` counts them). An evicted series starts again clear with an empty run: a series that
+  went silent while raised gets no ``cleared``, and a new run of k flagged windows raises it again.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -53,19 +55,27 @@ class _Series:
     run_since: int | None = None  # when that run began
     last_start: int | None = None
     last_window_id: str | int | None = None
+    size: int = 0  # bytes charged for this series: its id, its last window_id and the state itself
+
+
+_STATE_BYTES = 200  # a _Series and its OrderedDict entry, as Python holds them (a generous estimate)
 
 
 class AlertTracker:
     """Hysteresis per series over scored output records; see the module docstring."""
 
-    def __init__(self, raise_after: int, clear_after: int, max_series: int = 100_000) -> None:
+    def __init__(
+        self, raise_after: int, clear_after: int, max_series: int = 100_000, max_bytes: int = 64 * 1024 * 1024
+    ) -> None:
         if raise_after < 1 or clear_after < 1:
             raise ValueError("raise_after and clear_after must be >= 1")
-        if max_series < 1:
-            raise ValueError("max_series must be >= 1")
+        if max_series < 1 or max_bytes < 1:
+            raise ValueError("max_series and max_bytes must be >= 1")
         self.raise_after = raise_after
         self.clear_after = clear_after
         self.max_series = max_series
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the remembered series are charged, in all
         self.evicted = 0  # series forgotten to stay within max_series
         self.skipped = 0  # windows skipped as older than, or a repeat of, one already processed
         self._series: OrderedDict[str, _Series] = OrderedDict()
@@ -98,12 +108,20 @@ class AlertTracker:
         state = self._series.get(series_id)
         if state is None:
             state = self._series[series_id] = _Series()
-            if len(self._series) > self.max_series:
-                self._series.popitem(last=False)
-                self.evicted += 1
+            self._charge(state, sys.getsizeof(series_id) + _STATE_BYTES)
         else:
             self._series.move_to_end(series_id)
         return state
+
+    def _charge(self, state: _Series, size: int) -> None:
+        """Set what ``state`` (the most recently seen series) is charged, then evict the least recently seen
+        until the count and the bytes are within bounds (never ``state`` itself)."""
+        self.bytes += size - state.size
+        state.size = size
+        while len(self._series) > 1 and (len(self._series) > self.max_series or self.bytes > self.max_bytes):
+            _, gone = self._series.popitem(last=False)
+            self.bytes -= gone.size
+            self.evicted += 1
 
     def _step(self, series_id: str, window: Mapping[str, Any]) -> AlertRecord | None:
         state = self._state(series_id)
@@ -113,7 +131,12 @@ class AlertTracker:
             self.skipped += 1
             return None
         if start is not None:
+            if state.last_window_id is not None:
+                size = state.size - sys.getsizeof(state.last_window_id)
+            else:
+                size = state.size
             state.last_start, state.last_window_id = int(start), window_id
+            self._charge(state, size + sys.getsizeof(window_id))
         at = start if start is not None else window.get("scored_at")
         disagrees = bool(window["flag"]) != state.raised
         if not disagrees:

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from detector.codec import REASONS
+
 if TYPE_CHECKING:  # only a type here: importing this module needs nothing of detector.serve
     from detector.serve.messages import TopicPartition
 
@@ -55,6 +57,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "detector_delivery_retries_total",
     "detector_dropped_on_revoke_total",
     "detector_alert_transitions_total",
+    "detector_delivery_stalled_seconds",
+    "detector_output_dropped_total",
+    "detector_unreadable_records_total",
 )
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -154,7 +159,24 @@ class PrometheusObserver:
         self.alert_transitions_total = Counter(
             "detector_alert_transitions", "Alert transitions produced, by state.", ["state"], registry=r
         )
+        self.delivery_stalled_seconds = Gauge(
+            "detector_delivery_stalled_seconds",
+            "How long output has waited for the broker's acknowledgement (retried); 0 while it flows.",
+            registry=r,
+        )
+        self.output_dropped_total = Counter(
+            "detector_output_dropped",
+            "Records the broker refused for good whose replacement (dead letter) it refused too.",
+            registry=r,
+        )
+        self.unreadable_records_total = Counter(
+            "detector_unreadable_records",
+            "Input records the Kafka client could not parse, skipped (see the logs for partition and offset).",
+            registry=r,
+        )
         # Series that exist from the start, so that rate() and absent() work before the first event.
+        for reason in REASONS:
+            self.dead_letters.labels(reason=reason)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result=result)
         for state in ALERT_STATES:
@@ -199,6 +221,18 @@ class PrometheusObserver:
     @_never_raises
     def dropped_on_revoke(self, messages: int) -> None:
         self.revoked_unscored.inc(max(0, messages))
+
+    @_never_raises
+    def delivery_stalled(self, seconds: float) -> None:
+        self.delivery_stalled_seconds.set(max(0.0, seconds))
+
+    @_never_raises
+    def output_dropped(self, records: int) -> None:
+        self.output_dropped_total.inc(max(0, records))
+
+    @_never_raises
+    def unreadable_record(self) -> None:
+        self.unreadable_records_total.inc()
 
     # -- reported by the daemon around the runner ---------------------------------------------------------
 

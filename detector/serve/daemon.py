@@ -20,7 +20,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import IO
 
-import numpy as np
 import structlog
 import torch
 
@@ -31,12 +30,13 @@ from detector.model import checkpoint
 from detector.ops.alerts import AlertTracker
 from detector.ops.http import Health, OpsServer
 from detector.ops.metrics import PrometheusObserver
+from detector.ops.model_check import validated_scorer
 from detector.ops.reload import CheckpointWatcher, ReloadOutcome
-from detector.scoring import Scorer
+from detector.scoring import Scorer, resolve_device
 from detector.serve.kafka_io import KafkaSink, KafkaSource, connect, make_producer
 from detector.serve.logs import configure_logging
 from detector.serve.runner import Runner, RunnerConfig
-from detector.settings import Settings, masked
+from detector.settings import Settings, masked, security_warnings
 
 
 def runner_config(settings: Settings) -> RunnerConfig:
@@ -87,18 +87,19 @@ class StopSignals:
 
 
 def load_scorer(settings: Settings) -> Scorer:
-    path = settings.model.checkpoint
-    if path is None:
+    """The first model, checked as every reload is (:func:`validated_scorer`), and warm. Raises
+    :class:`ConfigError` for a missing setting or a device this machine lacks, and a ``CheckpointError``
+    (``CheckpointRejected`` with its stage) for a file that fails the check; the CLI exits 2 on either."""
+    m = settings.model
+    if m.checkpoint is None:
         raise ConfigError("serve needs a checkpoint: set model.checkpoint (DETECTOR_MODEL__CHECKPOINT)")
-    ckpt = checkpoint.load(path)
-    torch.set_num_threads(settings.model.cpu_threads or max(1, available_cpus() - 1))
+    data = checkpoint.read(m.checkpoint)
     try:
-        m = settings.model
-        scorer = Scorer(ckpt, device=m.device, precision=m.precision, cpu_bf16=m.cpu_bf16)
+        resolve_device(m.device)
     except ValueError as err:  # cuda asked for on a machine without one
         raise ConfigError(f"invalid setting model.device (DETECTOR_MODEL__DEVICE): {err}") from None
-    scorer.score(np.zeros((1, *scorer.shape), dtype=np.float32))  # warm up before the first real batch
-    return scorer
+    torch.set_num_threads(m.cpu_threads or max(1, available_cpus() - 1))
+    return validated_scorer(data, str(m.checkpoint), device=m.device, precision=m.precision, cpu_bf16=m.cpu_bf16)
 
 
 # How long a thread may hold the GIL while another waits for it. Python's 5 ms starves the threads that
@@ -123,6 +124,8 @@ def serve(settings: Settings, log_stream: IO[str] | None = None) -> int:
     configure_logging(settings.log, log_stream)
     log = structlog.get_logger("detector.serve")
     log.info("starting", detector_version=__version__, pid=os.getpid(), settings=masked(settings))
+    for warning in security_warnings(settings):
+        log.warning("insecure kafka settings", detail=warning)
     metrics = PrometheusObserver()
     health = Health()
     with OpsServer(settings.http.host, settings.http.port, metrics.registry, health) as ops:

@@ -2,9 +2,10 @@
 
 For the runner's unit tests and for users testing their own set-up without a broker. They keep Kafka's
 semantics where the runner depends on them: per-partition offsets, commits of the next offset to read,
-re-reading from the last commit after a rebalance or a restart, and acknowledgements only on flush. Faults
-are scripted: polls that fail, flushes that acknowledge nothing, records refused for their size, commits
-that fail or are refused.
+re-reading from the last commit after a rebalance or a restart, the revocation of every partition (and the
+commit of what the listener hands back) when the member closes, and acknowledgements only on flush. Faults
+are scripted: polls that fail, records the client cannot parse, flushes that acknowledge nothing, records
+refused for good for their size or their topic, commits that fail or are refused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from detector.serve.messages import (
     PartitionListener,
     SourceError,
     TopicPartition,
+    UnreadableRecord,
 )
 
 
@@ -46,6 +48,7 @@ class MemorySource:
         self._scheduled: list[tuple[int | None, Callable[[], None]]] = []  # (poll number or None = next, action)
         self._failing_polls = 0
         self._failing_commits = 0
+        self.unreadable: set[tuple[int, int]] = set()  # (partition, offset) of records the client cannot parse
 
     # -- filling and scripting --------------------------------------------------------------------------
 
@@ -55,7 +58,7 @@ class MemorySource:
         *,
         partition: int = 0,
         key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
+        headers: Sequence[tuple[str, bytes | None]] = (),
         timestamp: int | None = None,
     ) -> Message:
         """Add a message at the end of a partition; its offset is the partition's next."""
@@ -129,6 +132,13 @@ class MemorySource:
         """The next ``n`` polls raise SourceError (the broker is unreachable)."""
         self._failing_polls = n
 
+    def append_unreadable(self, *, partition: int = 0) -> Message:
+        """Add a record that the client cannot parse (as kafka-python a header key that is not UTF-8): a
+        poll that reaches it raises UnreadableRecord and moves past it."""
+        message = self.append(b"unreadable", partition=partition)
+        self.unreadable.add((partition, message.offset))
+        return message
+
     def fail_commits(self, n: int) -> None:
         """The next ``n`` commits raise a retriable CommitError."""
         self._failing_commits = n
@@ -164,9 +174,15 @@ class MemorySource:
             log = self.logs[tp]
             pos = self.positions.get(tp, 0)
             take = log[pos : pos + max_records - len(out)]
+            bad = [i for i, m in enumerate(take) if (m.partition, m.offset) in self.unreadable]
+            if bad and bad[0] == 0 and not out:  # as kafka-python: the records before it come first
+                self.positions[tp] = pos + 1
+                raise UnreadableRecord(tp, pos, "CorruptRecordError (scripted)")
+            if bad:
+                take = take[: bad[0]]
             out.extend(take)
             self.positions[tp] = pos + len(take)
-            if len(out) >= max_records:
+            if len(out) >= max_records or bad:
                 break
         if not out:
             time.sleep(min(timeout_s, self.max_idle_sleep_s))
@@ -185,6 +201,14 @@ class MemorySource:
         self.commits.append(dict(offsets))
 
     def close(self) -> None:
+        """Leave the group as a Kafka consumer does: every partition is revoked (the listener hears it) and
+        the offsets it hands back are committed (best effort)."""
+        if self._listener is not None and self.assigned:
+            resume = dict(self._listener.on_revoked(set(self.assigned)))
+            if resume:
+                with contextlib.suppress(CommitError):
+                    self.commit(resume)
+        self.assigned = set()
         self.closed = True
 
     def lag(self) -> dict[TopicPartition, int]:
@@ -196,10 +220,12 @@ class MemorySource:
 
 class MemorySink:
     """Keeps acknowledged records per topic. Faults: ``unreachable_flushes`` flushes acknowledge nothing;
-    records whose value exceeds ``max_value_bytes`` are refused for good."""
+    records whose value exceeds ``max_value_bytes``, every record for a topic in ``refused_topics``, and (as
+    kafka-python's producer) any record with a header that is not (str, bytes) are refused for good."""
 
-    def __init__(self, *, max_value_bytes: int | None = None) -> None:
+    def __init__(self, *, max_value_bytes: int | None = None, refused_topics: Iterable[str] = ()) -> None:
         self.max_value_bytes = max_value_bytes
+        self.refused_topics = set(refused_topics)
         self.sent: list[OutRecord] = []  # every send, resends included
         self.acked: list[OutRecord] = []  # acknowledged, in order
         self.in_flight: list[OutRecord] = []
@@ -217,15 +243,26 @@ class MemorySink:
         if self.unreachable_flushes:
             self.unreachable_flushes -= 1
             return FlushResult(unfinished=len(self.in_flight))
-        limit = self.max_value_bytes
-        too_large = [limit is not None and r.value is not None and len(r.value) > limit for r in self.in_flight]
-        refused = [r for r, big in zip(self.in_flight, too_large, strict=True) if big]
-        done = [r for r, big in zip(self.in_flight, too_large, strict=True) if not big]
+        failures: list[Failure] = []
+        done: list[OutRecord] = []
+        for record in self.in_flight:
+            if record.topic in self.refused_topics:
+                failures.append(Failure(record, True, "TopicAuthorizationFailedError (scripted)"))
+            elif not all(isinstance(key, str) and isinstance(value, bytes) for key, value in record.headers):
+                failures.append(Failure(record, True, "TypeError: headers must be (str, bytes), as kafka-python's"))
+            elif self._too_large(record):
+                failures.append(Failure(record, True, "MessageSizeTooLargeError (scripted)"))
+            else:
+                done.append(record)
         self.in_flight = []
         self.acked.extend(done)
         if self.on_ack is not None:
             self.on_ack(done)
-        return FlushResult(0, [Failure(r, True, "MessageSizeTooLarge (scripted)") for r in refused])
+        return FlushResult(0, failures)
+
+    def _too_large(self, record: OutRecord) -> bool:
+        limit = self.max_value_bytes
+        return limit is not None and record.value is not None and len(record.value) > limit
 
     def close(self) -> None:
         self.closed = True
@@ -240,5 +277,5 @@ class MemorySink:
 
 
 def headers_dict(record: OutRecord | Message) -> dict[str, bytes]:
-    """Headers as a dict (the last value of a repeated key wins)."""
-    return dict(record.headers)
+    """Headers as a dict (the last non-null value of a repeated key wins)."""
+    return {key: value for key, value in record.headers if value is not None}

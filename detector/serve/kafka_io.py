@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import ssl
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -30,8 +31,9 @@ from detector.serve.messages import (
     PartitionListener,
     SourceError,
     TopicPartition,
+    UnreadableRecord,
 )
-from detector.settings import Settings
+from detector.settings import Settings, env_name
 
 RECONNECT_BACKOFF_MAX_MS = 2000  # kafka-python's default (30 s) would leave a daemon idle long after a broker is back
 BOOTSTRAP_TIMEOUT_MS = 5000  # one connection attempt of `connect`; it retries
@@ -47,8 +49,22 @@ COMMIT_TIMEOUT_MS = 10_000
 # and the garbage they leave (exceptions and their frames) later cost a 150 ms collection in the middle of serving.
 POLL_STEP_MS = 10
 CLOSE_TIMEOUT_S = 3.0  # leaving the group and draining the producer, when the broker is slow or gone
-# Refusals that sending the same bytes again cannot cure (a record over a size limit, a malformed record).
-PERMANENT = (kerr.MessageSizeTooLargeError, kerr.RecordListTooLargeError, kerr.InvalidRecordError)
+# Refusals of one record that sending it again cannot cure: over a size limit, malformed, or for a topic this
+# client may not write to. (Faults of the producer itself, such as a fenced or out-of-sequence idempotent
+# producer, are not among them: a new producer cures those.)
+PERMANENT = (
+    kerr.MessageSizeTooLargeError,
+    kerr.RecordListTooLargeError,
+    kerr.InvalidRecordError,
+    kerr.TopicAuthorizationFailedError,
+    kerr.InvalidTopicError,
+)
+# Bounds on what one fetch response holds (compressed), so that what the client buffers is bounded: at most
+# FETCH_MAX_BYTES in all and MAX_PARTITION_FETCH_BYTES per partition (a larger first batch still comes whole,
+# so that a partition always makes progress). Decompression happens in the client, unbounded: see the
+# operations guide on the compression trust boundary.
+FETCH_MAX_BYTES = 16 * 1024 * 1024
+MAX_PARTITION_FETCH_BYTES = 1024 * 1024
 # The group moved on: these offsets belong to another member now and must not be committed again.
 GROUP_MOVED_ON = (kerr.CommitFailedError, kerr.IllegalGenerationError, kerr.UnknownMemberIdError)
 
@@ -60,7 +76,13 @@ def _error(err: BaseException) -> str:
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
-    """Connection and security settings shared by the consumer and the producer."""
+    """Connection and security settings shared by every Kafka client (the daemon's and the tools').
+
+    Raises ConfigError, naming the setting, for what kafka-python would only report at each connection
+    attempt, indistinguishable from an unreachable broker: a SASL mechanism without its user or password,
+    and a TLS file (CA, client certificate, key) that cannot be read or loaded, or a key that does not
+    match its certificate or cannot be decrypted with ``kafka.ssl_password``.
+    """
     k = settings.kafka
     config: dict[str, Any] = {
         "bootstrap_servers": [s.strip() for s in k.bootstrap_servers.split(",") if s.strip()],
@@ -71,12 +93,61 @@ def client_config(settings: Settings) -> dict[str, Any]:
         "metrics_enabled": False,  # kafka-python's own metrics cost CPU on every record; ours come later
     }
     if k.sasl_mechanism is not None:
+        for name in ("sasl_username", "sasl_password"):
+            if getattr(k, name) is None:
+                env = env_name(f"kafka.{name}")
+                raise ConfigError(
+                    f"kafka.{name} ({env} or {env}_FILE) is required by sasl_mechanism {k.sasl_mechanism}"
+                )
         config["sasl_mechanism"] = k.sasl_mechanism
         config["sasl_plain_username"] = k.sasl_username
         config["sasl_plain_password"] = k.sasl_password.get_secret_value() if k.sasl_password else None
-    if k.ssl_cafile is not None:
-        config["ssl_cafile"] = k.ssl_cafile
-    return config
+    password = k.ssl_password.get_secret_value() if k.ssl_password else None
+    tls = {
+        key: value
+        for key, value in [
+            ("ssl_cafile", k.ssl_cafile),
+            ("ssl_certfile", k.ssl_certfile),
+            ("ssl_keyfile", k.ssl_keyfile),
+            ("ssl_password", password),
+        ]
+        if value is not None
+    }
+    _check_tls_files(tls)
+    return config | tls
+
+
+def _check_tls_files(tls: Mapping[str, str]) -> None:
+    """Load the TLS files as kafka-python will, so that a bad one is a ConfigError now."""
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if name in tls:
+            try:
+                with open(tls[name], "rb"):
+                    pass
+            except OSError as err:
+                raise ConfigError(
+                    f"kafka.{name} ({env_name('kafka.' + name)}): cannot read {tls[name]}: {err.strerror or err}"
+                ) from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if "ssl_cafile" in tls:
+        try:
+            context.load_verify_locations(tls["ssl_cafile"])
+        except ssl.SSLError as err:
+            raise ConfigError(
+                f"kafka.ssl_cafile ({env_name('kafka.ssl_cafile')}): {tls['ssl_cafile']} holds no usable "
+                f"PEM CA certificate: {err.reason or err}"
+            ) from None
+    if "ssl_certfile" in tls:
+        password = tls.get("ssl_password", "")  # never None: OpenSSL would prompt on the terminal for it
+        try:
+            context.load_cert_chain(tls["ssl_certfile"], tls.get("ssl_keyfile"), password=lambda: password)
+        except ssl.SSLError as err:
+            raise ConfigError(
+                f"kafka.ssl_certfile, kafka.ssl_keyfile ({env_name('kafka.ssl_certfile')}, "
+                f"{env_name('kafka.ssl_keyfile')}): cannot load {tls['ssl_certfile']} with the key "
+                f"{tls.get('ssl_keyfile')}: {err.reason or err} (not PEM, a key of another certificate, "
+                "or an encrypted key without its kafka.ssl_password)"
+            ) from None
 
 
 def make_consumer(settings: Settings) -> KafkaConsumer:
@@ -90,6 +161,8 @@ def make_consumer(settings: Settings) -> KafkaConsumer:
         heartbeat_interval_ms=k.heartbeat_interval_ms,
         max_poll_records=settings.batch.max_size,
         fetch_max_wait_ms=k.fetch_max_wait_ms,
+        fetch_max_bytes=FETCH_MAX_BYTES,
+        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
         allow_auto_create_topics=False,
     )
 
@@ -207,6 +280,8 @@ class KafkaSource:
             step_ms = min(POLL_STEP_MS, left_ms) if self.consumer.assignment() else left_ms
             try:
                 batches = self.consumer.poll(timeout_ms=step_ms, max_records=max_records)
+            except kerr.CorruptRecordError as err:
+                raise self._skip_unreadable(err) from err
             except kerr.KafkaError as err:
                 raise SourceError(_error(err)) from err
             if batches or time.monotonic() >= deadline:
@@ -218,6 +293,26 @@ class KafkaSource:
             if records:
                 self._next[tp] = records[-1].offset + 1
         return out
+
+    def _skip_unreadable(self, err: kerr.CorruptRecordError) -> SourceError:
+        """Move past a record that kafka-python cannot parse, which would otherwise fail every poll.
+
+        kafka-python parses a fetched batch record by record and raises at the first it cannot read, with
+        the partition's position at that record; which partition it was is only in its fetcher's state.
+        The position is moved one past it, so the next poll reads on (when later records of the same
+        producer batch are behind it, each is skipped in turn: the client cannot resume inside a batch).
+        Returns the error for the caller to raise: UnreadableRecord, or a plain SourceError when the
+        partition cannot be told."""
+        part = getattr(getattr(self.consumer, "_fetcher", None), "_next_partition_records", None)
+        tp = getattr(part, "topic_partition", None)
+        if tp is None or tp not in self.consumer.assignment():
+            return SourceError(_error(err))
+        offset = self.consumer.position(tp, timeout_ms=COMMIT_TIMEOUT_MS)
+        if offset is None:
+            return SourceError(_error(err))
+        self.consumer.seek(tp, offset + 1)
+        self._next[tp] = offset + 1
+        return UnreadableRecord(TopicPartition(tp.topic, tp.partition), offset, _error(err))
 
     def lag(self) -> dict[TopicPartition, int]:
         """High watermark (from the last fetch response) minus the next offset this member hands out."""
@@ -292,6 +387,8 @@ class KafkaSink:
             future = self.producer.send(record.topic, key=record.key, value=record.value, headers=list(record.headers))
         except PERMANENT as err:
             self._failures.append(Failure(record, True, _error(err)))
+        except (TypeError, ValueError) as err:  # kafka-python's own checks of the record: sending it again fails too
+            self._failures.append(Failure(record, True, _error(err)))
         except kerr.KafkaError as err:  # metadata of an unreachable cluster, a full buffer, ...
             self._blocked = _error(err)
             self._failures.append(Failure(record, False, self._blocked))
@@ -342,7 +439,7 @@ class KafkaSink:
         self._progress_at = time.monotonic()
         try:
             self.producer = self.new_producer()
-        except (kerr.KafkaError, OSError) as err:
+        except (kerr.KafkaError, OSError, ConfigError) as err:  # e.g. a TLS file being replaced: retried
             log.warning("new producer not created yet; retrying", error=_error(err))
 
     def close(self) -> None:

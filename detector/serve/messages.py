@@ -26,7 +26,7 @@ class Message:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]] = ()
+    headers: Sequence[tuple[str, bytes | None]] = ()  # a header's value may be null
     timestamp: int = -1  # epoch ms; -1 when the record has none
 
     @property
@@ -36,13 +36,15 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class OutRecord:
-    """One record to produce. ``fallback`` replaces it when the broker rejects it for good (e.g. too large)."""
+    """One record to produce. When the broker refuses it for good (e.g. too large), ``fallback`` is sent
+    instead; without one, the input message it was made from (``source``) goes to the DLQ."""
 
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]] = ()
+    headers: Sequence[tuple[str, bytes | None]] = ()
     fallback: OutRecord | None = field(default=None, repr=False)
+    source: Message | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,17 @@ class CommitError(Exception):
 
 class SourceError(Exception):
     """A transient fault while polling (broker unreachable, request timed out): back off and poll again."""
+
+
+class UnreadableRecord(SourceError):
+    """The client could not parse the record at ``offset`` of ``tp`` (e.g. a header key that is not UTF-8).
+    The source has already moved past it: poll again at once; the record is lost to this consumer."""
+
+    def __init__(self, tp: TopicPartition, offset: int, error: str) -> None:
+        super().__init__(f"unreadable record at {tp.topic}/{tp.partition} offset {offset}: {error}")
+        self.tp = tp
+        self.offset = offset
+        self.error = error
 
 
 class PartitionListener(Protocol):

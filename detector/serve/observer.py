@@ -30,6 +30,12 @@ class Observer(Protocol):
 
     def dropped_on_revoke(self, messages: int) -> None: ...
 
+    def delivery_stalled(self, seconds: float) -> None: ...
+
+    def output_dropped(self, records: int) -> None: ...
+
+    def unreadable_record(self) -> None: ...
+
     def set_consumer_lag(self, lags: Mapping[TopicPartition, int]) -> None: ...
 
     def model_loaded(self, version: str) -> None: ...
@@ -48,6 +54,8 @@ class Counters:
     commits: int = 0
     delivery_retries: int = 0
     dropped_on_revoke: int = 0
+    output_dropped: int = 0
+    unreadable_records: int = 0
     alerts_raised: int = 0
     alerts_cleared: int = 0
     models: list[str] = field(default_factory=list)  # every version served, in order
@@ -64,6 +72,8 @@ class Counters:
             "commits": self.commits,
             "delivery_retries": self.delivery_retries,
             "dropped_on_revoke": self.dropped_on_revoke,
+            "output_dropped": self.output_dropped,
+            "unreadable_records": self.unreadable_records,
             "alerts_raised": self.alerts_raised,
             "alerts_cleared": self.alerts_cleared,
             "models": list(self.models),
@@ -102,6 +112,15 @@ class CountingObserver:
 
     def dropped_on_revoke(self, messages: int) -> None:
         self.counts.dropped_on_revoke += messages
+
+    def delivery_stalled(self, seconds: float) -> None:
+        pass
+
+    def output_dropped(self, records: int) -> None:
+        self.counts.output_dropped += records
+
+    def unreadable_record(self) -> None:
+        self.counts.unreadable_records += 1
 
     def set_consumer_lag(self, lags: Mapping[TopicPartition, int]) -> None:
         pass
@@ -151,6 +170,15 @@ class SafeObserver:
 
     def dropped_on_revoke(self, messages: int) -> None:
         self._call("dropped_on_revoke", messages)
+
+    def delivery_stalled(self, seconds: float) -> None:
+        self._call("delivery_stalled", seconds)
+
+    def output_dropped(self, records: int) -> None:
+        self._call("output_dropped", records)
+
+    def unreadable_record(self) -> None:
+        self._call("unreadable_record")
 
     def set_consumer_lag(self, lags: Mapping[TopicPartition, int]) -> None:
         self._call("set_consumer_lag", lags)

@@ -6,9 +6,11 @@ differs (a stop request, a message count, an idle timeout).
 
 What a caller may rely on:
 
-- At-least-once. :meth:`Runner._finish` is the only place that commits, and it commits a batch's offsets
-  only after every output and dead-letter record of that batch has been acknowledged by the sink. A crash
-  at any moment leaves every uncommitted message to be consumed again (with the same ``window_id``).
+- At-least-once. What may be committed is decided by a :class:`~detector.serve.checkpointing.CommitTracker`
+  alone: a batch's offsets only after every output and dead-letter record of that batch has been
+  acknowledged by the sink, and, when partitions go (a rebalance, or the source's close after the loop
+  ended by a stop or an exception), never past a message that was consumed and not delivered. A crash at
+  any moment leaves every uncommitted message to be consumed again (with the same ``window_id``).
 - A batch closes when it holds ``max_batch`` messages or its first message has waited ``max_wait_s``.
   It is decoded and scored by one model: :meth:`Runner.use_scorer` swaps the model between batches.
 - Pipelined: a batch is decoded on the calling thread and scored on a scoring thread; while it is scored,
@@ -16,12 +18,21 @@ What a caller may rely on:
   are under way (one scoring, one delivering), always finished in order, so commits stay in offset order.
   While a batch is scored the loop polls in steps of at most ``SCORING_POLL_S``, and delivers the batch as
   soon as it is scored: the overlap adds at most that to a window's latency.
-- Read-ahead: a poll takes up to ``read_ahead`` batches' worth of messages, so that the client's buffer is
+- Read-ahead: a poll takes up to ``read_ahead`` batches' worth of messages (and none while the messages
+  held hold ``max_held_bytes`` or more), so that the client's buffer is
   emptied and its next fetch goes out at once, to arrive while the runner scores (kafka-python sends a
   partition's next fetch only when nothing of it is buffered). The messages read ahead wait in the runner,
   in order, for the batches after the one in hand; everything consumed is scored unless its partition
   is revoked.
-- Bad input becomes a dead-letter record with its reason; it never raises out of the loop.
+- Nothing one message holds can end the loop: a message that fails to decode in any way becomes a
+  dead-letter record with its reason; a record the client cannot parse is skipped, counted and logged.
+  Dead letters are logged at most once per reason every ``dead_letter_log_s`` (with a count of the rest).
+- A record the broker refuses for good (too large, topic not authorised) does not hold up its partition:
+  a dead letter's fallback (without its value) is sent instead; an output or alert record's input message
+  goes to the DLQ with reason ``output_refused`` and the broker's error; should that be refused too, it is
+  sent without its value, and failing that it is counted (``output_dropped``) and logged. While output is
+  not acknowledged (a broker fault, retried), the health says so (not ready) and the observer hears how
+  long delivery has been stalled, as it does the consumer lag.
 - Rebalance: the unscored messages of revoked partitions are dropped, and nothing of theirs is produced
   after the revocation (the outputs of a batch being scored are dropped too). The runner hands the
   source, per revoked partition, the offset where its unfinished work starts: the source commits it
@@ -54,9 +65,20 @@ from detector.errors import WindowError
 from detector.ops.alerts import AlertTracker
 from detector.ops.http import Health
 from detector.scoring import Scorer, Scores
+from detector.serve.checkpointing import CommitTracker
 from detector.serve.decode import decode_message, series_id_hint
-from detector.serve.dlq import dead_letter
-from detector.serve.messages import CommitError, Message, OutRecord, Sink, Source, SourceError, TopicPartition
+from detector.serve.dlq import DeadLetterLog, dead_letter
+from detector.serve.messages import (
+    CommitError,
+    Failure,
+    Message,
+    OutRecord,
+    Sink,
+    Source,
+    SourceError,
+    TopicPartition,
+    UnreadableRecord,
+)
 from detector.serve.observer import Counters, CountingObserver, Observer, SafeObserver
 
 JSON_HEADERS = (("content-type", b"application/json"),)
@@ -83,6 +105,8 @@ class RunnerConfig:
     alert_topic: str = ""  # alert transitions go here (with an AlertTracker); empty = none
     status_every_s: float = 1.0  # how often lag, broker reachability and an idle model swap are looked at
     read_ahead: int = 4  # a poll may take this many batches' worth of messages (see the module docstring)
+    max_held_bytes: int = 64 * 1024 * 1024  # no poll while the messages read ahead hold this many bytes
+    dead_letter_log_s: float = 10.0  # at most one "dead letter" log line per reason this often
 
 
 @dataclass
@@ -157,6 +181,7 @@ class Runner:
         self._status_failed = False
         self.log = structlog.get_logger("detector.serve")
         self._batch: list[Message] = []
+        self._batch_bytes = 0  # the bytes of the values in _batch
         self._in_flight: _InFlight | None = None
         self._abandoned = False  # a batch's output was given up on (stopping): nothing after it may be committed
         self._scoring: ThreadPoolExecutor | None = None
@@ -164,6 +189,8 @@ class Runner:
         self._stop_at: float | None = None
         self._next_scorer: Scorer | None = None
         self._uncommitted: dict[TopicPartition, int] = {}  # delivered, not yet committed (a commit failed)
+        self._offsets = CommitTracker()
+        self._dead_letter_log = DeadLetterLog(config.dead_letter_log_s, clock)
         self._commit_retry_at = 0.0
         self._poll_backoff = Backoff(*config.backoff_s)
         self._commit_backoff = Backoff(*config.backoff_s)
@@ -210,6 +237,8 @@ class Runner:
             if self._in_flight is not None and self._in_flight.scored:
                 self._finish()  # deliver it before polling again (polls are short while a batch is scored)
             room = cfg.max_batch * max(1, cfg.read_ahead) - len(self._batch)
+            if self._batch_bytes >= cfg.max_held_bytes:
+                room = 0
             if max_messages is not None:
                 room = min(room, max_messages - consumed)
             messages = self._poll(room) if room > 0 else []
@@ -218,10 +247,16 @@ class Runner:
                 if not self._batch:
                     self._opened_at = now
                 self._batch.extend(messages)
+                self._batch_bytes += sum(len(m.value) for m in messages if m.value is not None)
+                self._offsets.consumed(messages)
                 consumed += len(messages)
                 idle_since = now
                 self.observer.consumed(len(messages))
-            full = len(self._batch) >= cfg.max_batch or (max_messages is not None and consumed >= max_messages)
+            full = (
+                len(self._batch) >= cfg.max_batch
+                or self._batch_bytes >= cfg.max_held_bytes
+                or (max_messages is not None and consumed >= max_messages)
+            )
             if self._batch and (full or now - self._opened_at >= cfg.max_wait_s):
                 self._advance()
             elif self._in_flight is not None and self._in_flight.scored:
@@ -249,6 +284,11 @@ class Runner:
             timeout = min(timeout, SCORING_POLL_S)  # come back soon to deliver the batch being scored
         try:
             messages = self.source.poll(timeout, room)
+        except UnreadableRecord as err:  # the source has moved past it: nothing to wait for
+            self.observer.unreadable_record()
+            self.log.error("record skipped: the client cannot parse it", topic=err.tp.topic,
+                           partition=err.tp.partition, offset=err.offset, error=err.error[:300])  # fmt: skip
+            return []
         except SourceError as err:
             if self.health is not None:
                 self.health.set_broker(False, str(err))
@@ -266,6 +306,7 @@ class Runner:
         scoring thread, then finish the batch before it (which was scored meanwhile)."""
         size = self.config.max_batch
         batch, self._batch = self._batch[:size], self._batch[size:]
+        self._batch_bytes -= sum(len(m.value) for m in batch if m.value is not None)
         self._swap_if_due()
         job = self._start(batch, self.scorer)
         self._finish()
@@ -281,11 +322,8 @@ class Runner:
         if not self._deliver(records):
             self._abandoned = True
             return
-        offsets: dict[TopicPartition, int] = {}
-        for message in job.batch:
-            if message.tp not in job.revoked:
-                offsets[message.tp] = max(offsets.get(message.tp, 0), message.offset + 1)
-        self._commit(offsets)
+        delivered = [m for m in job.batch if m.tp not in job.revoked] if job.revoked else job.batch
+        self._commit(self._offsets.delivered(delivered))
         self.observer.batch_done(len(job.batch), self.clock() - job.started)
 
     # -- decode and score -------------------------------------------------------------------------------
@@ -303,15 +341,8 @@ class Runner:
             except WindowError as err:
                 dead.append((message, dead_letter(message, err, cfg.dlq_topic)))
                 self.observer.dead_letter(err.reason)
-                self.log.warning(
-                    "dead letter",
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    series_id=series_id_hint(message, cfg.max_message_bytes),
-                    reason=err.reason,
-                    detail=err.detail,
-                )
+                hint = series_id_hint(message, cfg.max_message_bytes)
+                self._dead_letter_log.log(message, err, series_id=hint)
                 continue
             windows.append(window)
             sources.append(message)
@@ -347,24 +378,29 @@ class Runner:
         self.observer.scored(len(windows), flagged, seconds, latency)
         self.log.debug("batch scored", windows=len(windows), flagged=flagged, dead_letters=len(dead))
         produced = [
-            OutRecord(cfg.output_topic, record["series_id"].encode(), encode_json(record), JSON_HEADERS)
-            for record in outputs
+            OutRecord(cfg.output_topic, record["series_id"].encode(), encode_json(record), JSON_HEADERS, source=m)
+            for record, m in zip(outputs, sources, strict=True)
         ]
         if self.alerts is not None:
-            produced.extend(self._alert_records(outputs))
+            produced.extend(self._alert_records(outputs, sources))
         return produced + dead
 
-    def _alert_records(self, outputs: list[dict]) -> list[OutRecord]:
+    def _alert_records(self, outputs: list[dict], sources: list[Message]) -> list[OutRecord]:
         transitions = self.alerts.observe(outputs) if self.alerts is not None else []
         if not transitions:
             return []
+        source_of = {(r["series_id"], r["window_id"]): m for r, m in zip(outputs, sources, strict=True)}
         raised = sum(1 for t in transitions if t["state"] == "raised")
         self.observer.alert_transitions(raised, len(transitions) - raised)
         for t in transitions:
             self.log.info(f"alert {t['state']}", series_id=t["series_id"], window_id=t["window_id"],
                           probability=round(t["probability"], 4), since=t["since"])  # fmt: skip
         topic = self.config.alert_topic
-        return [OutRecord(topic, t["series_id"].encode(), encode_json(t), JSON_HEADERS) for t in transitions]
+        records = []
+        for t in transitions:
+            source = source_of.get((t["series_id"], t["window_id"]))
+            records.append(OutRecord(topic, t["series_id"].encode(), encode_json(t), JSON_HEADERS, source=source))
+        return records
 
     # -- around the batches: model swaps, health, lag ----------------------------------------------------
 
@@ -390,6 +426,13 @@ class Runner:
     def _status(self) -> None:
         """Every ``status_every_s``: lag per partition, broker reachability, a model swap while idle."""
         self._status_at = self.clock() + self.config.status_every_s
+        self._dead_letter_log.tick()
+        self._report_source()
+        if not self._batch:
+            self._swap_if_due()
+
+    def _report_source(self) -> None:
+        """Lag per partition and broker reachability, as far as the client knows (cheap and local)."""
         try:
             lags, problem = self.source.lag(), self.source.problem()
         except Exception as err:  # a client's internals changed under us: report, never stop serving
@@ -400,43 +443,77 @@ class Runner:
             self.observer.set_consumer_lag(lags)
             if self.health is not None:
                 self.health.set_broker(problem is None, problem or "")
-        if not self._batch:
-            self._swap_if_due()
 
     # -- deliver and commit -----------------------------------------------------------------------------
 
     def _deliver(self, records: list[OutRecord]) -> bool:
-        """Send and wait until the sink acknowledges every record; False only when giving up on stop."""
+        """Send and wait until the sink acknowledges every record (or what replaces a record refused for
+        good); False only when giving up on stop. While it waits, the health and the observer hear of it."""
         for record in records:
             self.sink.send(record)
         backoff = Backoff(*self.config.backoff_s)
+        stalled_since: float | None = None
         while True:
             result = self.sink.flush(self.config.flush_timeout_s)
             if result.complete:
-                if backoff.failures:
+                if stalled_since is not None:
                     self.log.info("output delivered", after_retries=backoff.failures)
+                    self._stalled(None)
                 return True
+            stalled_since = self.clock() if stalled_since is None else stalled_since
             self.observer.delivery_retry(result.unfinished, len(result.failures))
+            waiting = [f for f in result.failures if not f.permanent]
             for failure in result.failures:
-                fallback = failure.record.fallback
-                if failure.permanent and fallback is not None:
-                    self.log.warning("record refused by the broker; sending its fallback", error=failure.error)
-                    self.sink.send(fallback)
+                if failure.permanent:
+                    self._replace_refused(failure)
                 else:
                     self.sink.send(failure.record)
+            if result.unfinished == 0 and not waiting:
+                continue  # only replacements in flight: flush them at once
             delay = backoff.next()
-            errors = sorted({f.error for f in result.failures})[:3]
+            errors = sorted({f.error for f in waiting})[:3]
             self.log.warning(
                 "output not acknowledged yet; retrying",
                 unfinished=result.unfinished,
-                failed=len(result.failures),
+                failed=len(waiting),
                 errors=errors,
                 retry_in_s=delay,
             )
+            self._stalled(stalled_since, errors)
             if self._stop_at is not None and self.clock() - self._stop_at > self.config.stop_grace_s:
                 self.log.error("stopping with output unacknowledged: its input is not committed and will be read again")
+                self._stalled(None)
                 return False
             self._sleep(delay, wake_on_stop=self._stop_at is None)
+
+    def _replace_refused(self, failure: Failure) -> None:
+        """Send what replaces a record the broker refused for good: its fallback, else its input message as
+        an ``output_refused`` dead letter; with neither, it is counted and logged as dropped."""
+        record = failure.record
+        replacement = record.fallback
+        if replacement is None and record.source is not None:
+            error = WindowError("output_refused", f"{record.topic}: {failure.error}")
+            replacement = dead_letter(record.source, error, self.config.dlq_topic)
+            self.observer.dead_letter(error.reason)
+            self._dead_letter_log.log(record.source, error)
+        if replacement is None:
+            self.observer.output_dropped(1)
+            self.log.error("record refused for good and dropped", topic=record.topic, error=failure.error[:300],
+                           key=(record.key or b"")[:80].decode("utf-8", errors="replace"))  # fmt: skip
+            return
+        self.log.warning("record refused for good; sending what replaces it", topic=record.topic,
+                         replacement_topic=replacement.topic, error=failure.error[:300])  # fmt: skip
+        self.sink.send(replacement)
+
+    def _stalled(self, since: float | None, errors: list[str] | None = None) -> None:
+        """Report a delivery stall that began at ``since`` (None: delivery is flowing again)."""
+        seconds = 0.0 if since is None else self.clock() - since
+        self.observer.delivery_stalled(seconds)
+        if since is not None:
+            self._report_source()  # the lag still moves while the loop waits here
+        if self.health is not None:
+            reason = f"output not acknowledged for {seconds:.0f} s ({'; '.join(errors or []) or 'no answer'})"
+            self.health.set_delivery(since is None, "" if since is None else reason)
 
     def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit ``offsets`` together with any earlier commit that failed; failures are kept for a retry."""
@@ -446,6 +523,7 @@ class Runner:
             return
         try:
             self.source.commit(dict(self._uncommitted))
+            self._offsets.committed(self._uncommitted)
         except CommitError as err:
             if not err.retriable:
                 self.log.warning("commit refused: the group has rebalanced", error=str(err))
@@ -462,13 +540,10 @@ class Runner:
     # -- rebalance (called by the source from inside poll) ----------------------------------------------
 
     def on_revoked(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, int]:
-        """Drop the undelivered messages of these partitions; where each one's unfinished work starts."""
+        """Drop the undelivered messages of these partitions; where each one's unfinished work starts (the
+        offset to commit before they go: everything before it is delivered)."""
         revoked = set(partitions)
-        resume = {tp: offset for tp, offset in self._uncommitted.items() if tp in revoked}
-        held = self._in_flight.batch if self._in_flight is not None else []
-        for message in [*held, *self._batch]:  # contiguous: a dropped message starts where delivery stopped
-            if message.tp in revoked:
-                resume[message.tp] = min(resume.get(message.tp, message.offset), message.offset)
+        resume = self._offsets.resume(revoked)
         self._forget(revoked, "partitions revoked")
         return resume
 
@@ -481,9 +556,11 @@ class Runner:
         """Drop the unscored messages and pending commits of partitions that are no longer ours."""
         for tp in partitions:
             self._uncommitted.pop(tp, None)
+        self._offsets.forget(partitions)
         keep = [m for m in self._batch if m.tp not in partitions]
         dropped = len(self._batch) - len(keep)
         self._batch = keep
+        self._batch_bytes = sum(len(m.value) for m in keep if m.value is not None)
         if self._in_flight is not None:
             fresh = partitions - self._in_flight.revoked
             dropped += sum(1 for m in self._in_flight.batch if m.tp in fresh)
