@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup test lint demo bench bench-model bench-scale clean
+.PHONY: setup test lint demo bench bench-model bench-scale bench-memory clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench-model: setup
 
 bench-scale: setup
 	$(PY) bench/scale.py
+
+# Peak RSS of the daemon under a stream of maximum-size messages (plain and gzip) against ordinary windows.
+bench-memory: setup
+	$(PY) bench/memory.py
 
 clean:
 	rm -rf $(VENV) demo-out bench/out
