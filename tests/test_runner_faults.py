@@ -465,3 +465,16 @@ def test_a_dead_letter_of_a_message_with_a_null_header_value_carries_an_empty_on
     assert all(isinstance(value, bytes) for _, value in record.headers)
     assert record.fallback is not None
     assert all(isinstance(value, bytes) for _, value in record.fallback.headers)
+
+
+def test_a_kept_partition_reads_again_the_messages_dropped_after_its_last_commit(scorer):
+    """A partition kept through an eager rebalance, whose delivered work is all committed but which holds
+    messages read ahead: they are dropped on revocation and read again from the last commit, never skipped."""
+    source, sink = MemorySource(TOPIC, partitions=1), MemorySink()
+    ids = fill(source, scorer, 12)
+    source.rebalance(keep=[0], at_poll=3)  # after the first batch is delivered and committed
+    runner = Runner(source, sink, scorer, config(max_batch=4, read_ahead=3, max_wait_s=60))
+    counts = runner.run(idle_timeout_s=0.2)
+    assert counts.dropped_on_revoke > 0
+    assert set(output_ids(sink)) == set(ids)
+    assert source.committed[TP0] == 12

@@ -51,10 +51,8 @@ def test_an_assigned_consumer_is_polled_in_short_steps_for_the_whole_timeout() -
 
 def test_records_end_the_wait_at_once() -> None:
     consumer = StandInConsumer(assigned=True, records_after_calls=3)
-    started = time.monotonic()
     messages = KafkaSource(consumer, "in").poll(5.0, 10)  # type: ignore[arg-type]
-    assert time.monotonic() - started < 1.0
-    assert len(consumer.timeouts) == 3
+    assert len(consumer.timeouts) == 3  # three 10 ms steps, not the whole 5 s
     assert [(m.topic, m.partition, m.offset, m.value, m.headers, m.timestamp) for m in messages] == [
         ("in", 0, 7, b"v", [("h", b"1")], 123)
     ]

@@ -29,13 +29,15 @@ class CommitTracker:
         self._first: dict[TopicPartition, int] = {}  # the first offset consumed since assignment
         self._delivered: dict[TopicPartition, int] = {}  # the offset after the last delivered message
         self._committed: dict[TopicPartition, int] = {}  # the last offset committed (acknowledged by the source)
+        self._consumed_end: dict[TopicPartition, int] = {}  # the offset after the last message consumed
 
     def consumed(self, messages: Iterable[Message]) -> None:
         """These messages were handed out by the source, in order."""
-        first = self._first
+        first, end = self._first, self._consumed_end
         for message in messages:
             if message.tp not in first:
                 first[message.tp] = message.offset
+            end[message.tp] = message.offset + 1
 
     def delivered(self, messages: Iterable[Message]) -> dict[TopicPartition, int]:
         """Every record produced for these messages is acknowledged: the offsets to commit for them."""
@@ -54,12 +56,15 @@ class CommitTracker:
         self._committed.update(offsets)
 
     def resume(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, int]:
-        """Per partition among these that has work since its last commit: the offset to resume from (and to
-        commit before the partition goes), never past a message consumed and not delivered."""
+        """Per partition among these with a message consumed since it was assigned: the offset to resume from
+        (and to commit before the partition goes), never past a message consumed and not delivered. A
+        partition whose work is all committed is left out only when nothing of it was consumed beyond."""
         resume: dict[TopicPartition, int] = {}
         for tp in partitions:
             offset = self._delivered.get(tp, self._first.get(tp))
-            if offset is not None and offset != self._committed.get(tp):
+            if offset is None:
+                continue
+            if offset != self._committed.get(tp) or self._consumed_end.get(tp, offset) > offset:
                 resume[tp] = offset
         return resume
 
@@ -69,3 +74,4 @@ class CommitTracker:
             self._first.pop(tp, None)
             self._delivered.pop(tp, None)
             self._committed.pop(tp, None)
+            self._consumed_end.pop(tp, None)
