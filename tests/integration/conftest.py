@@ -13,7 +13,14 @@ import pytest
 
 from detector.broker import EmbeddedBroker
 from detector.cli import main
-from tests.integration.kafka_helpers import Daemon, Topics, create_topics, serve_env
+from tests.integration.kafka_helpers import (
+    AdvertisedBroker,
+    Daemon,
+    RefusingPath,
+    Topics,
+    create_topics,
+    serve_env,
+)
 
 T, F = 64, 4  # the window shape of the served model (acceptance: F=4, T=64)
 MEASUREMENTS: list[str] = []  # printed at the end of the run
@@ -77,3 +84,15 @@ def start_daemon(
     yield start
     for daemon in started:
         daemon.kill()
+
+
+@pytest.fixture
+def refusing_broker(tmp_path: Path) -> Iterator[RefusingPath]:
+    """A broker of this test's own, reachable only through a RefusingPath (its bootstrap_servers): the test
+    chooses which clients' records it refuses. Nothing is refused until it says so."""
+    path = RefusingPath("127.0.0.1", free_port())
+    try:
+        with AdvertisedBroker("127.0.0.1", path.target[1], path.port, output=tmp_path / "refusing-broker.log"):
+            yield path
+    finally:
+        path.close()

@@ -38,7 +38,10 @@ def test_broker_serves_kafka_clients_and_exits_zero_on_sigterm():
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
         consumer.assign([TopicPartition("hello", p) for p in consumer.partitions_for_topic("hello")])
         consumer.seek_to_beginning()
-        got = [r.value for batch in consumer.poll(timeout_ms=5000).values() for r in batch]
+        got: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            got = [r.value for batch in consumer.poll(timeout_ms=500).values() for r in batch]
         consumer.close()
         assert got == [b"world"]
         proc.send_signal(signal.SIGTERM)

@@ -13,6 +13,7 @@ from kafka import KafkaProducer
 from detector.broker import EmbeddedBroker
 from tests.integration.conftest import MEASUREMENTS, F, T, free_port
 from tests.integration.kafka_helpers import TopicReader, Topics, create_topics, produce
+from tests.integration.test_ops import wait_for_status
 from tests.sample_windows import encode, window
 
 
@@ -76,8 +77,8 @@ def test_a_broker_down_at_start_or_lost_while_running_is_waited_for(topics: Topi
     daemon = start_daemon(bootstrap=bootstrap)
     retry = daemon.wait_for_log("broker unreachable; retrying", timeout_s=60)
     assert retry["bootstrap_servers"] == bootstrap
-    time.sleep(1.0)
-    assert daemon.alive
+    daemon.wait_for_log("broker unreachable; retrying", timeout_s=60, count=2)  # still retrying, still alive
+    url = daemon.url()
 
     for life in range(2):  # the broker comes up; then it is killed, and a fresh one (memory storage) comes up
         with EmbeddedBroker("127.0.0.1", port, output=tmp_path / f"broker-{life}.log") as late:
@@ -92,7 +93,7 @@ def test_a_broker_down_at_start_or_lost_while_running_is_waited_for(topics: Topi
                 assert daemon.wait_for_log("connected", timeout_s=1)["attempts"] >= 2
                 late.process.kill()  # type: ignore[union-attr]
                 late.wait()
-                time.sleep(3.0)
+                wait_for_status(url + "/readyz", 503, timeout_s=45)  # it has seen the broker go
                 assert daemon.alive
             else:
                 assert daemon.terminate(timeout_s=15) == 0
