@@ -159,6 +159,7 @@ def daemon_env(bootstrap: str, checkpoint: Path, input_topic: str, run: str, **e
             "DETECTOR_KAFKA__GROUP_ID": f"{run}.group",
             **CLIENT_ENV,
             "DETECTOR_MODEL__CHECKPOINT": str(checkpoint),
+            "DETECTOR_MODEL__UNCALIBRATED": "warn",  # the bench serves random weights: speed, not accuracy
             "DETECTOR_HTTP__PORT": "0",
             "DETECTOR_LOG__FORMAT": "json",
             "DETECTOR_LOG__LEVEL": "info",

@@ -42,7 +42,8 @@ def cli() -> None:
 
     `detector demo` runs the whole loop on this machine in about two and a half minutes. Otherwise start
     with `detector generate` for a labelled recording, then `train`, `calibrate`, `evaluate` and
-    `replay --offline`; `detector broker` and `detector serve` run the daemon. Every command answers --help.
+    `replay --offline` (`detector inspect` shows what a checkpoint holds); `detector broker` and
+    `detector serve` run the daemon. Every command answers --help.
     """
 
 
@@ -205,6 +206,28 @@ def evaluate(ckpt_path: Path, data: Path, out: Path) -> None:
                 f"AUPRC {m['auprc']:.3f}  ECE {m['ece']:.3f}  Brier {m['brier']:.3f}"
             )
     _say(f"wrote {out / 'metrics.json'} and plots: {', '.join(metrics['plots'].values())}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("ckpt_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (stable keys, see the README) instead.")
+def inspect(ckpt_path: Path, as_json: bool) -> None:
+    """Show what a checkpoint holds: model_version, format, window shape (T steps x F features, with their
+    names), network, calibration and threshold of each head, training summary, file size.
+
+    Is this model calibrated, which threshold does it flag at, which windows does it take? `detector
+    inspect model.ckpt` answers before you serve it. The file is fully validated, as `serve` does, and
+    never unpickled: a missing, truncated, corrupt or foreign file is one line on stderr and exit 2.
+    """
+    from detector.checkpoint_info import describe, render
+    from detector.tools.clients import printable, printable_json
+
+    info = describe(ckpt_path)
+    if as_json:
+        _say(printable_json(json.dumps(info)))
+        return
+    for line in render(info):
+        _say(printable(line))
 
 
 def _warn(text: str) -> None:

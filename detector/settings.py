@@ -172,6 +172,10 @@ class ModelSettings(_Section):
     # quota and affinity counted; at least 1), which leaves a core to the Kafka clients: a torch thread pool
     # competing for every core can score 10-100x slower.
     cpu_threads: int = Field(default=0, ge=0)
+    # A checkpoint `detector calibrate` never saw (window head calibration `none`): its probabilities are raw
+    # sigmoids and its threshold a placeholder. refuse: `serve` exits 2 at start and rejects it on reload;
+    # warn: it serves, with a warning at start and at each reload (for tests, benchmarks, random weights).
+    uncalibrated: Literal["refuse", "warn"] = "refuse"
 
     @field_validator("checkpoint", mode="before")
     @classmethod

@@ -115,7 +115,7 @@ BAD: dict[str, tuple[Callable[[bytes], bytes], str, str]] = {
 
 def test_a_good_checkpoint_passes_the_check(good):
     """The check returns a scorer for a sound file, with its threshold as stored."""
-    scorer = validated_scorer(good, "good.ckpt", expected_shape=(16, 2))
+    scorer = validated_scorer(good, "good.ckpt", expected_shape=(16, 2), uncalibrated="warn")
     assert scorer.shape == (16, 2)
     assert scorer.version == checkpoint.content_version(good)
 
@@ -299,7 +299,7 @@ def test_reload_rejects_a_bad_checkpoint_and_the_old_model_stays(good, kind, tmp
 def test_a_checkpoint_of_another_shape_is_refused_only_where_a_shape_is_expected(good):
     """Without an expected shape (start-up) any bounded shape serves; on reload a different one is refused."""
     data = rewrite(good, lambda m: m.update(window_length=32))
-    assert validated_scorer(data, "m.ckpt").shape == (32, 2)
+    assert validated_scorer(data, "m.ckpt", uncalibrated="warn").shape == (32, 2)
     with pytest.raises(CheckpointRejected, match="32 steps x 2 features") as err:
         validated_scorer(data, "m.ckpt", expected_shape=(16, 2))
     assert err.value.stage == "shape"

@@ -295,8 +295,9 @@ def test_console_script_help_and_exit_codes():
     ok = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
     assert ok.returncode == 0
     listed = {line.split()[0] for line in ok.stdout.split("Commands:", 1)[1].splitlines() if line.strip()}
-    assert set(DESIGN_COMMANDS) <= listed, f"missing from --help: {set(DESIGN_COMMANDS) - listed}"
-    for command in (*DESIGN_COMMANDS, "generate"):
+    commands = {*DESIGN_COMMANDS, "generate", "inspect"}
+    assert commands <= listed, f"missing from --help: {commands - listed}"
+    for command in sorted(commands):
         sub = subprocess.run([exe, command, "--help"], capture_output=True, text=True, check=False)
         assert sub.returncode == 0, sub.stderr
         assert f"Usage: detector {command}" in sub.stdout

@@ -205,3 +205,18 @@ def test_a_batch_never_acknowledged_adds_no_latency():
     reg = obs.registry
     assert reg.get_sample_value("detector_end_to_end_latency_seconds_count") == 1
     assert reg.get_sample_value("detector_end_to_end_latency_seconds_sum") == pytest.approx(0.5)
+
+
+def test_the_checkpoint_rejected_gauge_reads_the_watcher_at_every_scrape():
+    """detector_checkpoint_rejected follows the function it watches, scrape by scrape."""
+    obs = PrometheusObserver()
+    state = [False]
+    obs.watch_checkpoint(lambda: state[0])
+
+    def scraped() -> float:
+        scrape = families(generate_latest(obs.registry).decode())
+        return value(scrape["detector_checkpoint_rejected"], "detector_checkpoint_rejected")
+
+    assert scraped() == 0
+    state[0] = True
+    assert scraped() == 1

@@ -67,6 +67,8 @@ def model_file(tmp_path: Path, base: Checkpoint) -> tuple[Path, str]:
 
 
 def watcher_for(path: Path, serving: str | None, recorder: Recorder, **kwargs) -> CheckpointWatcher:
+    """A fast-polling watcher; the models here come straight from training, so uncalibrated ones pass."""
+    kwargs.setdefault("uncalibrated", "warn")
     return CheckpointWatcher(path, 0.05, (16, 2), "cpu", "fp32", recorder, serving_version=serving, **kwargs)
 
 
@@ -141,7 +143,7 @@ def test_a_bad_file_is_rejected_once_and_the_old_model_stays(model_file, base, m
         metrics.reloaded(outcome.result)
 
     watcher = CheckpointWatcher(
-        path, 0.05, (16, 2), "cpu", "fp32", on_result, serving_version=serving, full_check_every=1
+        path, 0.05, (16, 2), "cpu", "fp32", on_result, serving_version=serving, full_check_every=1, uncalibrated="warn"
     )
     data = make(base)
     replace_atomically(path, data)
@@ -265,7 +267,7 @@ def test_a_failing_callback_does_not_stop_the_reload(model_file, base):
     def explode(outcome: ReloadOutcome) -> None:
         raise RuntimeError("metrics down")
 
-    watcher = CheckpointWatcher(path, 0.05, (16, 2), on_result=explode, serving_version=serving)
+    watcher = CheckpointWatcher(path, 0.05, (16, 2), on_result=explode, serving_version=serving, uncalibrated="warn")
     version = checkpoint.save(variant(base, 0.45), path)
     with capture_logs() as logs:
         assert accepted(watcher.poll_once()) is True
@@ -296,3 +298,26 @@ def test_a_reloaded_model_scores_in_the_precision_of_the_one_it_replaces(model_f
     scorer = watcher.take()
     assert scorer is not None
     assert scorer.precision == ("bf16" if cpu_bf16 else "fp32")
+
+
+def test_rejected_holds_while_the_bad_file_stays_and_clears_on_a_good_one_or_a_roll_back(model_file, base):
+    """``rejected`` (the detector_checkpoint_rejected gauge) stays True while the rejected content stays in the
+    file, and turns False when the file validates or goes back to the serving version."""
+    path, serving = model_file
+    serving_bytes = path.read_bytes()
+    watcher = watcher_for(path, serving, Recorder())
+    assert watcher.rejected is False
+    replace_atomically(path, b"not a checkpoint")
+    assert accepted(watcher.poll_once()) is False
+    for _ in range(3):  # polled again and again: the same content is not tried again, the state holds
+        watcher.poll_once()
+        assert watcher.rejected is True
+    replace_atomically(path, serving_bytes)  # the roll-back
+    watcher.poll_once()
+    assert watcher.rejected is False
+    replace_atomically(path, b"bad again")
+    watcher.poll_once()
+    assert watcher.rejected is True
+    checkpoint.save(variant(base, 0.8), path)
+    assert accepted(watcher.poll_once()) is True
+    assert watcher.rejected is False

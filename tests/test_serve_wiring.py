@@ -265,7 +265,7 @@ def test_the_daemon_says_which_precision_it_scores_in(
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # load_scorer's, process-wide otherwise
     path = tmp_path / "m.ckpt"
     checkpoint.save(scorer.checkpoint, path)
-    model = {"checkpoint": path, "device": "cpu", "precision": precision, "cpu_bf16": cpu_bf16}
+    model = {"checkpoint": path, "device": "cpu", "precision": precision, "cpu_bf16": cpu_bf16, "uncalibrated": "warn"}
     settings = load_settings(environ={}, model=model)
     served = load_scorer(settings)
     with capture_logs() as logs:

@@ -60,6 +60,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "detector_delivery_stalled_seconds",
     "detector_output_dropped_total",
     "detector_unreadable_records_total",
+    "detector_checkpoint_rejected",
 )
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -174,6 +175,11 @@ class PrometheusObserver:
             "Input records the Kafka client could not parse, skipped (see the logs for partition and offset).",
             registry=r,
         )
+        self.checkpoint_rejected = Gauge(
+            "detector_checkpoint_rejected",
+            "1 while the checkpoint file holds content that the reload rejected (the previous model serves).",
+            registry=r,
+        )
         # Series that exist from the start, so that rate() and absent() work before the first event.
         for reason in REASONS:
             self.dead_letters.labels(reason=reason)
@@ -255,6 +261,11 @@ class PrometheusObserver:
             if self._model_version is not None and self._model_version != version:
                 self.model_info.remove(self._model_version)
             self._model_version = version
+
+    @_never_raises
+    def watch_checkpoint(self, rejected: Callable[[], bool]) -> None:
+        """``detector_checkpoint_rejected`` reads ``rejected()`` at every scrape (a watcher's ``rejected``)."""
+        self.checkpoint_rejected.set_function(lambda: float(rejected()))
 
     @_never_raises
     def reloaded(self, result: str) -> None:

@@ -4,23 +4,33 @@
 :class:`~detector.errors.CheckpointRejected` naming the stage that failed:
 
     load     the bytes parse as a checkpoint within its limits, thresholds included
-             (:func:`detector.model.checkpoint.from_bytes`)
+             (:func:`detector.model.checkpoint.from_bytes`); and, checked last so that any other defect is
+             named first, its window head is calibrated, unless the caller lets an uncalibrated one through
+             (``uncalibrated="warn"``: the ``model.uncalibrated`` setting)
     shape    it takes windows of the expected (T, F), when one is expected (on reload: the serving model's)
     scorer   a scorer builds on the configured device and precision
     probe    a fixed batch of varied windows scores to finite window and step probabilities in [0, 1]
 
-A scorer it returns has already scored a batch, so it is warm before its first real one.
+A scorer it returns has already scored a batch, so it is warm before its first real one. An uncalibrated
+checkpoint it lets through is logged at WARNING each time (at start-up, and on every reload to one).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+import structlog
 
 from detector.errors import CheckpointError, CheckpointRejected
 from detector.model import checkpoint
 from detector.scoring import Scorer
 
 PROBE_SIZE = 8
+
+# What to do with a checkpoint whose window head has no calibrator (`detector calibrate` never saw it):
+# refuse it (the default, as the setting's), or serve it with a warning.
+Uncalibrated = Literal["refuse", "warn"]
 
 
 def probe_batch(n: int, length: int, features: int) -> np.ndarray:
@@ -52,9 +62,13 @@ def validated_scorer(
     cpu_bf16: bool = False,
     expected_shape: tuple[int, int] | None = None,
     probe_size: int = PROBE_SIZE,
+    uncalibrated: Uncalibrated = "refuse",
 ) -> Scorer:
     """A scorer for checkpoint bytes that passed every stage, or :class:`CheckpointRejected` (one line
-    starting with ``name``). Never raises anything else for any content of ``data``."""
+    starting with ``name``). Never raises anything else for any content of ``data``.
+
+    ``uncalibrated`` is ``model.uncalibrated``: ``refuse`` rejects a checkpoint whose window head is
+    uncalibrated at stage ``load``, saying to calibrate it; ``warn`` lets it through and logs a WARNING."""
     try:
         ckpt = checkpoint.from_bytes(data, name=name)
     except CheckpointError as err:
@@ -86,7 +100,26 @@ def validated_scorer(
     for what, values in (("probabilities", scores.probability), ("step probabilities", scores.step_probability)):
         if values is not None and not np.all((values >= 0.0) & (values <= 1.0)):
             raise CheckpointRejected("probe", f"{name}: the probe batch scored to {what} outside [0, 1]")
+    if is_calibrated(ckpt):
+        return scorer
+    if uncalibrated != "warn":
+        raise CheckpointRejected(
+            "load",
+            f"{name}: uncalibrated checkpoint (its threshold is a placeholder): run `detector calibrate` on it, "
+            "or set model.uncalibrated=warn (DETECTOR_MODEL__UNCALIBRATED=warn) to serve it anyway",
+        )
+    structlog.get_logger("detector.ops.model_check").warning(
+        "serving an uncalibrated checkpoint (model.uncalibrated=warn): its probabilities are not calibrated "
+        "and its threshold is a placeholder; run `detector calibrate` on it",
+        checkpoint=name,
+        model_version=scorer.version,
+    )
     return scorer
+
+
+def is_calibrated(ckpt: checkpoint.Checkpoint) -> bool:
+    """Whether the window head has a calibrator (``detector calibrate`` fitted one): what ``serve`` checks."""
+    return ckpt.calibration_name != checkpoint.UNCALIBRATED["method"]
 
 
 def _one_line(err: BaseException) -> str:

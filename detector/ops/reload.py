@@ -4,8 +4,9 @@ How the loop is meant to call it:
 
 - The daemon, after loading the first scorer, builds ``CheckpointWatcher(settings.model.checkpoint,
   settings.reload.poll_seconds, scorer.shape, settings.model.device, settings.model.precision,
-  on_result=lambda outcome: metrics.reloaded(outcome.result), serving_version=scorer.version)``, calls
-  ``start()``, and ``close()`` after the runner has returned.
+  on_result=lambda outcome: metrics.reloaded(outcome.result), serving_version=scorer.version,
+  uncalibrated=settings.model.uncalibrated)``, calls ``start()``, and ``close()`` after the runner has
+  returned.
 - The runner calls ``take()`` between batches (where ``Runner._complete`` applies its next scorer, before
   decoding the batch); a scorer it returns scores that whole batch and every later one. The runner then
   reports the new version (``metrics.model_loaded``, ``health.set_model``). ``take()`` never blocks on a
@@ -19,7 +20,8 @@ What a caller may rely on:
 - A cheap ``stat`` check skips unchanged files between polls, but the content hash decides what is new:
   every ``full_check_every`` polls the file is hashed even when its ``stat`` looks unchanged.
 - A new file must pass :func:`detector.ops.model_check.validated_scorer`, the check the first model passed
-  at start-up, with the serving shape (T, F) expected. Only then is it offered to ``take()``;
+  at start-up, with the serving shape (T, F) expected and the daemon's ``model.uncalibrated`` (under
+  ``refuse``, the default, an uncalibrated file is rejected). Only then is it offered to ``take()``;
   ``on_result`` hears ``ok``.
 - A file that fails any stage is rejected: logged with the stage and reason, ``on_result`` hears
   ``rejected`` (once per distinct content), the old model keeps serving, and the same content (same hash)
@@ -44,7 +46,7 @@ import structlog
 
 from detector.errors import CheckpointRejected, RejectionStage
 from detector.model import checkpoint
-from detector.ops.model_check import PROBE_SIZE, validated_scorer
+from detector.ops.model_check import PROBE_SIZE, Uncalibrated, validated_scorer
 from detector.scoring import Scorer
 
 
@@ -78,6 +80,7 @@ class CheckpointWatcher:
         *,
         serving_version: str | None = None,
         cpu_bf16: bool = False,
+        uncalibrated: Uncalibrated = "refuse",
         probe_size: int = PROBE_SIZE,
         full_check_every: int = 12,
     ) -> None:
@@ -89,6 +92,7 @@ class CheckpointWatcher:
         self.device = device
         self.precision = precision
         self.cpu_bf16 = cpu_bf16
+        self.uncalibrated: Uncalibrated = uncalibrated
         self.on_result = on_result
         self.full_check_every = max(1, full_check_every)
         self.probe_size = probe_size
@@ -101,6 +105,7 @@ class CheckpointWatcher:
         self._last_digest: str | None = None
         self._polls = 0
         self._unreadable: str | None = None  # the last "cannot read" reason logged, until readable again
+        self._rejected = False  # the file's content is the one last rejected
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_errors: set[str] = set()
@@ -110,6 +115,12 @@ class CheckpointWatcher:
         """The version the loop serves, as far as the watcher knows (updated by ``take()``)."""
         with self._lock:
             return self._serving_version
+
+    @property
+    def rejected(self) -> bool:
+        """Whether the file holds content that was rejected: True from a rejection until the file holds
+        content that validates or that equals the serving version (a roll-back)."""
+        return self._rejected
 
     @property
     def polls(self) -> int:
@@ -178,6 +189,7 @@ class CheckpointWatcher:
             version = checkpoint.content_version(data)
             with self._lock:
                 if version == self._serving_version:
+                    self._rejected = False
                     if self._pending is not None:
                         self._log.info(
                             "checkpoint file back at the serving version; dropping the one not yet swapped in",
@@ -187,6 +199,7 @@ class CheckpointWatcher:
                         self._pending = None
                     return None
             outcome = self._try(data, version)
+            self._rejected = not outcome.accepted
         self._report(outcome)
         return outcome
 
@@ -212,6 +225,7 @@ class CheckpointWatcher:
                 cpu_bf16=self.cpu_bf16,
                 expected_shape=self.expected_shape,
                 probe_size=self.probe_size,
+                uncalibrated=self.uncalibrated,
             )
         except CheckpointRejected as rejected:
             return ReloadOutcome(str(self.path), version, False, rejected.stage, str(rejected))

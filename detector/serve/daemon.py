@@ -25,7 +25,7 @@ import torch
 
 from detector import __version__
 from detector.cpus import available_cpus
-from detector.errors import ConfigError
+from detector.errors import CheckpointError, ConfigError
 from detector.model import checkpoint
 from detector.ops.alerts import AlertTracker
 from detector.ops.http import Health, OpsServer
@@ -87,19 +87,33 @@ class StopSignals:
 
 
 def load_scorer(settings: Settings) -> Scorer:
-    """The first model, checked as every reload is (:func:`validated_scorer`), and warm. Raises
-    :class:`ConfigError` for a missing setting or a device this machine lacks, and a ``CheckpointError``
-    (``CheckpointRejected`` with its stage) for a file that fails the check; the CLI exits 2 on either."""
+    """The first model, checked as every reload is (:func:`validated_scorer`, with ``model.uncalibrated``),
+    and warm. Raises :class:`ConfigError` for a missing setting, a ``model.checkpoint`` that cannot be read
+    (missing, in a folder that does not exist, not a file: one line naming the setting) or a device this
+    machine lacks, and ``CheckpointRejected`` with its stage for a file that fails the check (an uncalibrated
+    one under ``refuse`` included); the CLI exits 2 on either, before anything connects to Kafka."""
     m = settings.model
     if m.checkpoint is None:
         raise ConfigError("serve needs a checkpoint: set model.checkpoint (DETECTOR_MODEL__CHECKPOINT)")
-    data = checkpoint.read(m.checkpoint)
+    try:
+        data = checkpoint.read(m.checkpoint)
+    except CheckpointError as err:
+        folder = m.checkpoint.parent
+        missing = "" if folder.is_dir() else f" (its folder {folder} does not exist)"
+        raise ConfigError(f"setting model.checkpoint (DETECTOR_MODEL__CHECKPOINT): {err}{missing}") from None
     try:
         resolve_device(m.device)
     except ValueError as err:  # cuda asked for on a machine without one
         raise ConfigError(f"invalid setting model.device (DETECTOR_MODEL__DEVICE): {err}") from None
     torch.set_num_threads(m.cpu_threads or max(1, available_cpus() - 1))
-    return validated_scorer(data, str(m.checkpoint), device=m.device, precision=m.precision, cpu_bf16=m.cpu_bf16)
+    return validated_scorer(
+        data,
+        str(m.checkpoint),
+        device=m.device,
+        precision=m.precision,
+        cpu_bf16=m.cpu_bf16,
+        uncalibrated=m.uncalibrated,
+    )
 
 
 # How long a thread may hold the GIL while another waits for it. Python's 5 ms starves the threads that
@@ -119,7 +133,9 @@ def freeze_startup_heap() -> int:
 
 
 def serve(settings: Settings, log_stream: IO[str] | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT; the exit code (0 after a clean stop)."""
+    """Run the daemon until SIGTERM/SIGINT; the exit code (0 after a clean stop). The first checkpoint and
+    every reloaded one pass the same check, ``model.uncalibrated`` included (:func:`load_scorer`); a first
+    one that fails raises before anything connects to Kafka."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     configure_logging(settings.log, log_stream)
     log = structlog.get_logger("detector.serve")
@@ -146,8 +162,10 @@ def serve(settings: Settings, log_stream: IO[str] | None = None) -> int:
             settings.model.precision,
             on_result=reloaded,
             cpu_bf16=settings.model.cpu_bf16,
+            uncalibrated=settings.model.uncalibrated,
             serving_version=scorer.version,
         ).start()
+        metrics.watch_checkpoint(lambda: watcher.rejected)
         try:
             return _run(settings, scorer, metrics, health, watcher)
         finally:
