@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from functools import cache
@@ -122,13 +123,37 @@ def final_stage(instruction: str) -> list[str]:
     return [args for stage, name, args in dockerfile() if stage == last and name == instruction]
 
 
-def dockerfile_env() -> dict[str, str]:
+def dockerfile_env(stage: int | None = None) -> dict[str, str]:
+    """The variables ENV sets in one stage (default: the final one)."""
+    if stage is None:
+        stage = max(s for s, _, _ in dockerfile())
     env = {}
-    for args in final_stage("ENV"):
+    for args in (a for s, name, a in dockerfile() if s == stage and name == "ENV"):
         for pair in shlex.split(args):
             name, _, value = pair.partition("=")
             env[name] = value
     return env
+
+
+IMAGE_CONFIG = "/etc/detector/config.yaml"
+
+
+def image_config_text() -> str:
+    """The settings file the final stage writes to IMAGE_CONFIG (`printf '%s\\n' LINE... > IMAGE_CONFIG`)."""
+    (run,) = [r for r in final_stage("RUN") if f"> {IMAGE_CONFIG}" in r]
+    tokens = shlex.split(run)
+    start, end = tokens.index("printf") + 2, tokens.index(">")  # the lines come after the format
+    assert tokens[end + 1] == IMAGE_CONFIG
+    return "\n".join(tokens[start:end]) + "\n"
+
+
+@cache
+def image_settings() -> Settings:
+    """The settings `detector serve` builds in the image with no variable set: its config file alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(image_config_text())
+        return load_settings(path, environ=dockerfile_env())
 
 
 def dockerfile_args() -> dict[str, str]:
@@ -163,8 +188,9 @@ def settings_field(name: str) -> Any:
 
 
 def files_naming_settings() -> list[Path]:
-    """Every file that tells an operator a DETECTOR_* name: deploy files, Dockerfile, configs, operations docs."""
-    found = [ROOT / "Dockerfile", ROOT / "docs" / "operations.md", *sorted((ROOT / "configs").glob("*.yaml"))]
+    """Every file that tells an operator a DETECTOR_* name: deploy files, Dockerfile, configs, the docs, README."""
+    found = [ROOT / "Dockerfile", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    found += sorted((ROOT / "configs").glob("*.yaml"))
     found += sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ".md", ".json"})
     return found
 
@@ -252,6 +278,17 @@ def test_secrets_come_from_the_environment_not_from_files_in_the_repo() -> None:
     assert "secret.template.yaml" not in yaml_docs(K8S_BASE / "kustomization.yaml")[0]["resources"]
 
 
+def test_the_readme_steps_write_the_checkpoint_the_dev_config_serves() -> None:
+    """configs/dev.yaml serves the file that the README's first steps write with `detector calibrate --out`,
+    so `detector serve --config configs/dev.yaml` after them finds a calibrated model."""
+    readme = (ROOT / "README.md").read_text()
+    steps = readme.split("## From nothing to scores", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = re.sub(r"\\\n\s*", " ", steps).splitlines()  # continuation lines joined
+    (calibrate,) = [shlex.split(c, comments=True) for c in commands if c.startswith("detector calibrate ")]
+    written = Path(calibrate[calibrate.index("--out") + 1])
+    assert load_settings(ROOT / "configs" / "dev.yaml", environ={}).model.checkpoint == written
+
+
 # -- ports, paths, topics, group -----------------------------------------------------------------------
 
 
@@ -261,7 +298,7 @@ def test_the_metrics_port_agrees_everywhere() -> None:
     port = DEFAULTS.http.port
     assert port == 9108
     assert final_stage("EXPOSE") == [str(port)]
-    assert dockerfile_env()["DETECTOR_HTTP__PORT"] == str(port)
+    assert image_settings().http.port == port
     for name in DETECTOR_REPLICAS:
         svc = service(name)
         assert svc["environment"]["DETECTOR_HTTP__PORT"] == str(port)
@@ -269,8 +306,13 @@ def test_the_metrics_port_agrees_everywhere() -> None:
     (prometheus,) = yaml_docs(PROMETHEUS)
     (job,) = prometheus["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
-    targets = [t for config in job["static_configs"] for t in config["targets"]]
-    assert sorted(targets) == sorted(f"{name}:{port}" for name in DETECTOR_REPLICAS)
+    assert "static_configs" not in job  # a replica added later would need a reload to be scraped
+    (discovery,) = job["dns_sd_configs"]
+    assert (discovery["type"], discovery["port"]) == ("A", port)
+    for name in DETECTOR_REPLICAS:
+        assert service(name)["networks"]["default"]["aliases"] == discovery["names"]
+    for name in set(compose()["services"]) - set(DETECTOR_REPLICAS):  # one-shots would be scraped as down
+        assert "networks" not in service(name), name
 
     deployment = k8s_objects()["Deployment", "detector"]
     container = deployment_container(deployment)
@@ -384,26 +426,112 @@ def test_the_dashboard_queries_only_metrics_the_daemon_exports() -> None:
     }
     assert required <= used, required - used
     joined = "\n".join(queries)
-    assert "by (reason)" in joined
-    assert "by (topic, partition)" in joined
+    assert "by (job, namespace, reason)" in joined
+    # one line per replica and partition: a stopped replica's partitions show up under the other one
+    assert "by (job, namespace, instance, topic, partition) (detector_consumer_lag_messages" in joined
     assert "histogram_quantile(0.5," in joined
     assert "histogram_quantile(0.99," in joined
 
 
-def test_the_dashboard_uses_the_provisioned_datasource() -> None:
-    """Every panel and query points at the datasource uid that Grafana is provisioned with."""
+def test_the_dashboard_takes_its_datasource_from_a_variable() -> None:
+    """Every panel, query and variable uses the `${datasource}` variable (a Prometheus datasource, so the
+    dashboard imports into any Grafana), and the provisioned datasource is Grafana's default for it."""
     (datasources,) = yaml_docs(COMPOSE_DIR / "grafana" / "provisioning" / "datasources" / "prometheus.yaml")
     (source,) = datasources["datasources"]
     assert source["url"] == "http://prometheus:9090"
     assert source["type"] == "prometheus"
+    assert source["isDefault"] is True
     dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == ("datasource", "prometheus")
+    items = [*dashboard["templating"]["list"][1:]]
     for panel in dashboard["panels"]:
-        for item in [panel, *panel.get("targets", [])]:
-            if "datasource" in item:
-                assert item["datasource"] == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+        items += [panel, *panel.get("targets", [])]
+    assert len([i for i in items if "datasource" in i]) > len(dashboard["panels"])
+    for item in items:
+        if "datasource" in item:
+            assert item["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, item
+    assert '"uid": "prometheus"' not in DASHBOARD.read_text()
     (providers,) = yaml_docs(COMPOSE_DIR / "grafana" / "provisioning" / "dashboards" / "detector.yaml")
     mounted = {v.split(":")[1]: v.split(":")[0] for v in service("grafana")["volumes"]}
     assert mounted[providers["providers"][0]["options"]["path"]] == "./grafana/dashboards"
+
+
+AGGREGATION = re.compile(
+    r"\b(sum|min|max|avg|count|group|stddev|stdvar|topk|bottomk|quantile|count_values)\s*(by|without)?\s*(\([^()]*\))?\s*\("
+)
+
+
+def groupings(query: str) -> list[tuple[str, set[str]]]:
+    """(aggregation, the labels it keeps) for every aggregation in a PromQL query; `without` or no clause
+    keeps nothing this test can rely on, and is reported as an empty set."""
+    found = []
+    for match in AGGREGATION.finditer(query):
+        op, clause, labels = match.groups()
+        kept = set(re.findall(r"\w+", labels or "")) if clause == "by" else set()
+        found.append((op, kept))
+    return found
+
+
+def test_the_dashboard_and_the_alert_rules_never_add_up_two_deployments() -> None:
+    """Every aggregation in a dashboard query or an alert rule keeps `job` and `namespace`, so two
+    deployments scraped by one Prometheus stay apart; the dashboard's queries filter on its `job` and
+    `namespace` variables, and the per-replica panels keep `instance`."""
+    for query in [*dashboard_queries(), *alert_rule_queries()]:
+        for op, kept in groupings(query):
+            assert {"job", "namespace"} <= kept, f"{op} in {query!r} drops job or namespace"
+    for query in dashboard_queries():
+        for selector in re.findall(r"detector_\w+(\{[^}]*\}|)", query):
+            assert 'job=~"$job"' in selector, query
+            assert 'namespace=~"$namespace"' in selector, query
+    panels = {p["title"]: p for p in json.loads(DASHBOARD.read_text())["panels"]}
+    for title in ("Consumer lag per replica and partition", "Model version per replica", "Model reloads"):
+        for target in panels[title]["targets"][:1]:
+            assert all("instance" in kept for _, kept in groupings(target["expr"])), title
+            assert "{{instance}}" in target["legendFormat"], title
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    (doc,) = yaml_docs(ALERT_RULES)
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def seconds(duration: str) -> int:
+    """A Prometheus duration of one unit (`90s`, `5m`, `1h`) in seconds."""
+    match = re.fullmatch(r"(\d+)([smhd])", duration)
+    assert match, duration
+    return int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+def test_every_alert_rule_waits_before_firing_and_outlives_its_for() -> None:
+    """Each rule has a non-zero `for:`, a severity and a summary; a rule on increase(...[W]) has W longer
+    than its `for:`, so that one event (a dropped record, a rejected checkpoint) still fires."""
+    rules = alert_rules()
+    assert len({rule["alert"] for rule in rules}) == len(rules)
+    for rule in rules:
+        assert seconds(rule["for"]) > 0, rule["alert"]
+        assert rule["labels"]["severity"] in {"page", "warn"}, rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        for window in re.findall(r"increase\([^\[]*\[(\w+)\]", rule["expr"]):
+            assert seconds(window) > seconds(rule["for"]), rule["alert"]
+
+
+def test_the_alert_rules_cover_stalls_dead_letter_share_and_rejected_models() -> None:
+    """A replica that commits nothing while its lag grows fires; the dead-letter rule is a share of the
+    consumed messages; a rejected checkpoint fires for as long as the rejected file stays (a gauge, not a
+    counter that moves once per file)."""
+    rules = {rule["alert"]: " ".join(rule["expr"].split()) for rule in alert_rules()}
+    stuck = rules["DetectorNotCommitting"]
+    assert "rate(detector_commits_total[5m])) == 0" in stuck
+    assert "(detector_consumer_lag_messages) > 0" in stuck
+    assert "deriv(detector_consumer_lag_messages[" in stuck
+    dead = rules["DetectorDeadLetters"]
+    share = (
+        r"rate\(detector_dead_letters_total\[5m\]\)\) / sum by \(job, namespace\) "
+        r"\(rate\(detector_windows_consumed_total\[5m\]\)\) > 0\.\d+$"
+    )
+    assert re.search(share, dead)
+    assert "(detector_checkpoint_rejected) == 1" in rules["DetectorModelRejected"]
 
 
 def test_the_alert_rules_query_only_metrics_the_daemon_exports() -> None:
@@ -447,14 +575,28 @@ def test_the_image_has_a_healthcheck_that_needs_no_curl() -> None:
 
 
 def test_the_image_starts_the_daemon_with_the_checkpoint_under_models() -> None:
-    """ENTRYPOINT is the detector command and CMD `serve`; the checkpoint is under /models, which the
-    final stage creates for its user (a fresh compose volume takes that owner)."""
+    """ENTRYPOINT is the detector command and CMD `serve` with the settings file the image writes, where
+    the Kubernetes pod mounts its own; that file serves the checkpoint under /models, which the final stage
+    creates for its user (a fresh compose volume takes that owner), and logs JSON lines."""
     assert [json.loads(a) for a in final_stage("ENTRYPOINT")] == [["detector"]]
-    assert [json.loads(a) for a in final_stage("CMD")] == [["serve"]]
-    assert dockerfile_env()["DETECTOR_MODEL__CHECKPOINT"].startswith("/models/")
+    assert [json.loads(a) for a in final_stage("CMD")] == [["serve", "--config", IMAGE_CONFIG]]
+    assert deployment_container(k8s_objects()["Deployment", "detector"])["args"][1:] == ["--config", IMAGE_CONFIG]
+    settings = image_settings()
+    assert settings.model.checkpoint == Path("/models/detector.ckpt")
+    assert settings.log.format == "json"
+    assert (settings.http.host, settings.http.port) == (DEFAULTS.http.host, DEFAULTS.http.port)
     (run,) = [r for r in final_stage("RUN") if "/models" in r]
     assert "mkdir /models" in run
     assert "chown 10001:10001 /models" in run
+
+
+def test_the_image_sets_no_detector_variable() -> None:
+    """No ENV of any stage sets a DETECTOR_* name: the environment wins over --config, so such a variable
+    would silently override the same setting in a mounted config file or ConfigMap."""
+    stages = {stage for stage, _, _ in dockerfile()}
+    assert any(name == "ENV" for _, name, _ in dockerfile())
+    for stage in stages:
+        assert not [name for name in dockerfile_env(stage) if name.startswith(ENV_PREFIX)], stage
 
 
 def test_the_cpu_build_takes_torch_from_the_cpu_index_only() -> None:
@@ -542,7 +684,9 @@ def test_compose_runs_kraft_kafka_two_replicas_a_replay_and_monitoring() -> None
     assert "/models/detector.ckpt" in model_script
     assert "mv /models/.detector.ckpt.tmp" in model_script
     (replay_script,) = services["replay"]["command"]
-    assert "detector replay /data/windows.jsonl --topic" in replay_script
+    # every round in one stream: a process per round would pause between rounds and lower the rate
+    assert "cat /data/windows.jsonl; done > /tmp/rounds.jsonl" in replay_script
+    assert "exec detector replay /tmp/rounds.jsonl --topic" in replay_script
     assert "./sample:/data:ro" in services["replay"]["volumes"]
     assert services["replay"]["healthcheck"] == {"disable": True}
     for svc in services.values():
@@ -678,6 +822,68 @@ def test_kustomize_renders_the_manifests(folder: Path) -> None:
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert container["image"].endswith("-cuda")
         assert "DETECTOR_MODEL__DEVICE" in env
+
+
+def rendered(folder: Path) -> list[dict[str, Any]]:
+    """The objects `kustomize build` renders for a folder; pytest.skip without kustomize or kubectl."""
+    command = kustomize_command()
+    if command is None:
+        pytest.skip("neither kustomize nor kubectl is installed")
+    done = subprocess.run([*command, str(folder)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+@pytest.mark.parametrize("folder", [K8S_BASE, GPU_OVERLAY], ids=["base", "gpu"])
+def test_no_deployment_a_scaledobject_scales_sets_its_replicas(folder: Path) -> None:
+    """A Deployment that a KEDA ScaledObject targets has no `replicas`, in the files and as rendered: with
+    one, every `kubectl apply -k` would reset the count KEDA scaled to."""
+    assert "replicas" not in k8s_objects()["Deployment", "detector"]["spec"]
+    docs = rendered(folder)
+    targets = {d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] == "ScaledObject"}
+    assert targets == {"detector"}
+    for doc in docs:
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] in targets:
+            assert "replicas" not in doc["spec"], folder
+
+
+def test_the_pod_waits_for_the_first_model_instead_of_crash_looping() -> None:
+    """An init container waits, with a log line naming the file, for the checkpoint config.yaml serves,
+    on the same volume read-only, hardened like the daemon's container."""
+    spec = k8s_objects()["Deployment", "detector"]["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    checkpoint = str(k8s_config().model.checkpoint)
+    script = init["command"][-1]
+    assert f"until [ -f {checkpoint} ]" in script
+    assert f"waiting for {checkpoint}" in script
+    (mount,) = init["volumeMounts"]
+    assert (mount["name"], mount["readOnly"]) == ("models", True)
+    assert checkpoint.startswith(mount["mountPath"] + "/")
+    assert init["image"] == deployment_container(k8s_objects()["Deployment", "detector"])["image"]
+    security = init["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= set(init["resources"]["requests"]) & set(init["resources"]["limits"])
+
+
+def test_the_disruption_budget_lets_unready_pods_be_evicted() -> None:
+    """While Kafka is down no replica is ready; AlwaysAllow keeps the budget from blocking node drains."""
+    pdb = k8s_objects()["PodDisruptionBudget", "detector"]["spec"]
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["maxUnavailable"] == 1
+
+
+def test_the_lag_threshold_is_a_few_seconds_of_the_measured_throughput() -> None:
+    """KEDA's lagThreshold is 2 to 10 seconds of one replica's measured end-to-end rate (the e2e figure
+    of bench/RESULTS.md), not of a guess."""
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    e2e = re.search(r"^\| e2e \| ([\d,]+) \| windows/s \|", results, re.MULTILINE)
+    assert e2e, "bench/RESULTS.md has no e2e row"
+    rate = int(e2e[1].replace(",", ""))
+    (trigger,) = k8s_objects()["ScaledObject", "detector"]["spec"]["triggers"]
+    threshold = int(trigger["metadata"]["lagThreshold"])
+    assert 2 <= threshold / rate <= 10, (threshold, rate)
 
 
 def test_the_accepted_checkov_findings_are_pinned_and_explained() -> None:
