@@ -50,3 +50,14 @@ def fit_tiny(small_data: WindowSet):
         return train(small_data, tiny_config(seed, event_head, **network)).checkpoint
 
     return fit
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test starts with the process's torch thread count: `serve` in-process sets it for the whole
+    process (one fewer than the CPUs), which would leave every later test training on fewer threads."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
