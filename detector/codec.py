@@ -1,6 +1,6 @@
 """Input windows from bytes, with validation in one pass; output records to bytes.
 
-Two input codecs (DESIGN.md): JSON (the default) and the compact binary ``application/x-detector-f32``
+Two input codecs (README, message formats): JSON (the default) and the compact binary ``application/x-detector-f32``
 (little-endian float32 row-major values; the other fields in headers). Every failure is a
 :class:`~detector.errors.WindowError` carrying a stable reason code; callers turn it into a dead letter.
 

@@ -225,7 +225,7 @@ class Scorer:
         scored_at: Sequence[int],
         latency_ms: Sequence[float],
     ) -> list[dict[str, Any]]:
-        """Output records (DESIGN.md fields), one per window, in order; plain JSON types only."""
+        """Output records (the README's fields), one per window, in order; plain JSON types only."""
         ck = self.checkpoint
         t = ck.window_length
         method = ck.calibration_name

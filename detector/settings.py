@@ -6,7 +6,7 @@ YAML file may set ``kafka.input_topic`` while the environment sets ``DETECTOR_KA
     1. keyword overrides passed to ``load_settings`` (what the CLI's flags set)
     2. environment variables ``DETECTOR_<SECTION>__<NAME>`` (or the ``environ`` mapping given instead)
     3. the YAML file given with ``--config`` (the same names, nested: ``kafka: {input_topic: in}``)
-    4. the defaults below (the table in DESIGN.md)
+    4. the defaults below
 
 The secrets of ``SECRET_FILE_SETTINGS`` may instead come from a file, the way Docker and Kubernetes mount
 them: ``DETECTOR_KAFKA__SASL_PASSWORD_FILE=/run/secrets/kafka-password`` sets ``kafka.sasl_password`` to the

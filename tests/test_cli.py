@@ -13,7 +13,7 @@ import pytest
 
 from detector.cli import main
 
-# The nine commands of DESIGN.md's CLI table.
+# The commands the README documents.
 DESIGN_COMMANDS = ("serve", "train", "calibrate", "evaluate", "replay", "record", "alerts", "broker", "demo")
 OUTPUT_FIELDS = {
     "series_id",

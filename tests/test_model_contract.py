@@ -285,7 +285,7 @@ def test_cpu_bf16_on_a_cpu_that_has_it_scores_in_bf16_close_to_fp32(variant, sma
 
 @pytest.mark.parametrize("native", [True, False])
 def test_the_cpu_stays_fp32_unless_cpu_bf16_and_the_cpu_has_it(monkeypatch, fit_tiny, small_data, native):
-    """model.precision is CUDA's (DESIGN.md: the CPU stays fp32); cpu_bf16 alone opts the CPU in, and only
+    """model.precision is CUDA's (the CPU stays fp32); cpu_bf16 alone opts the CPU in, and only
     where bfloat16 is native (emulated, it is slower than fp32)."""
     monkeypatch.setattr("detector.scoring.cpu_has_bf16", lambda: native)
     ckpt = fit_tiny()

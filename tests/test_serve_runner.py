@@ -162,7 +162,7 @@ def test_offsets_are_committed_only_after_the_sink_acknowledges(scorer):
 
 
 def test_output_records_carry_the_contract_fields(scorer):
-    """Key = series_id; fields per DESIGN.md; latency = scoring time - broker timestamp; a missing window_id
+    """Key = series_id; fields as the README lists them; latency = scoring time - broker timestamp; a missing window_id
     becomes topic/partition/offset."""
     source, sink = MemorySource(TOPIC), MemorySink()
     w = window(scorer, 1, series="pump-7")

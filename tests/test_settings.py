@@ -25,7 +25,7 @@ def write_yaml(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults_match_the_design_table() -> None:
-    """With no file and an empty environment every setting has the default DESIGN.md lists."""
+    """With no file and an empty environment every setting has its documented default."""
     s = load_settings(environ={})
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert (s.kafka.input_topic, s.kafka.output_topic, s.kafka.dlq_topic) == (

@@ -12,7 +12,7 @@ How the loop is meant to call it:
 What a caller may rely on:
 
 - Only transitions are returned, never a repeat: a series goes clear -> raised -> cleared -> raised ...
-  Each is ``{series_id, state, window_id, probability, since, model_version}`` (DESIGN.md), where
+  Each is ``{series_id, state, window_id, probability, since, model_version}`` (the README's alert format), where
   ``window_id``, ``probability`` and ``model_version`` are those of the window that completed the run.
 - ``since`` (epoch ms) is when the run that caused the transition began: for ``raised``, the ``start`` of
   the first flagged window of the k consecutive ones; for ``cleared``, the ``start`` of the first clean

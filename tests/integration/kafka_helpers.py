@@ -109,7 +109,7 @@ class TopicReader:
 
 
 def serve_env(bootstrap: str, topics: Topics, checkpoint: Path, **extra: str) -> dict[str, str]:
-    """The daemon's whole configuration, as DETECTOR_* variables (names from DESIGN.md)."""
+    """The daemon's whole configuration, as DETECTOR_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
     env.update(
         {
