@@ -98,11 +98,11 @@ def create_topics(bootstrap: str, names: Iterable[str]) -> None:
     clients.create_topics(load_settings(environ={"DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap}), names, PARTITIONS)
 
 
-def fill(bootstrap: str, topic: str, records: list[Record]) -> None:
-    """Produce ``records`` as fast as a batching producer can, and wait for every acknowledgement."""
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024, acks="all", metrics_enabled=False
-    )
+def fill(bootstrap: str, topic: str, records: list[Record], **options: Any) -> None:
+    """Produce ``records`` as fast as a batching producer can, and wait for every acknowledgement;
+    ``options`` override or add KafkaProducer options (compression, larger batches)."""
+    defaults = {"linger_ms": 20, "batch_size": 512 * 1024, "acks": "all", "metrics_enabled": False}
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **{**defaults, **options})
     try:
         for key, value, headers in records:
             producer.send(topic, key=key, value=value, headers=headers)

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import msgspec
-from kafka import KafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 from harness import GroupWatch, create_topics, daemon_env, default_checkpoint, json_records, serve, windows
 
 from detector.broker import EmbeddedBroker
@@ -59,14 +59,9 @@ def max_size_records(n: int) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]
 
 
 def fill(bootstrap: str, topic: str, records: list, compression: str | None) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=2 * MAX_BYTES, acks="all",
-                             compression_type=compression, max_request_size=4 * MAX_BYTES)  # fmt: skip
-    try:
-        for key, value, headers in records:
-            producer.send(topic, key=key, value=value, headers=headers)
-        producer.flush(300)
-    finally:
-        producer.close(10)
+    """The harness's fill, with batches and requests large enough for maximum-size messages."""
+    harness.fill(bootstrap, topic, records, batch_size=2 * MAX_BYTES, compression_type=compression,
+                 max_request_size=4 * MAX_BYTES)  # fmt: skip
 
 
 def drain_peak(bootstrap: str, ckpt: Path, topic: str, n: int, run: str, logs: Path) -> tuple[float, float]:

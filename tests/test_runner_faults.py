@@ -25,6 +25,8 @@ from detector.serve.fakes import MemorySink, MemorySource, headers_dict
 from detector.serve.messages import Message, TopicPartition
 from detector.serve.runner import Runner, RunnerConfig
 from tests.conftest import tiny_config
+from tests.test_serve_runner import config as runner_config
+from tests.test_serve_runner import window
 
 OUT, DLQ, ALERTS, TOPIC = "scores", "windows.dlq", "alerts", "windows"
 TP0 = TopicPartition(TOPIC, 0)
@@ -37,25 +39,9 @@ def scorer(small_data, tmp_path_factory) -> Scorer:
     return Scorer(checkpoint.load(path), "cpu")
 
 
-def window(scorer: Scorer, i: int, series: str = "s-1", **extra: Any) -> dict[str, Any]:
-    t, f = scorer.shape
-    values = (np.sin(np.arange(t * f, dtype=np.float32) + i).reshape(t, f) * 3).tolist()
-    return {"series_id": series, "window_id": f"{series}/{i}", "start": 1000 * i, "step_ms": 10, "values": values,
-            **extra}  # fmt: skip
-
-
 def config(**changes: Any) -> RunnerConfig:
-    base: dict[str, Any] = {
-        "output_topic": OUT,
-        "dlq_topic": DLQ,
-        "max_batch": 4,
-        "max_wait_s": 0.01,
-        "idle_poll_s": 0.01,
-        "flush_timeout_s": 0.01,
-        "backoff_s": (0.001, 0.004),
-        "stop_grace_s": 5.0,
-    }
-    return RunnerConfig(**{**base, **changes})
+    """The runner tests' config, with batches of 4 unless a test says otherwise."""
+    return runner_config(**{"max_batch": 4, **changes})
 
 
 def fill(source: MemorySource, scorer: Scorer, n: int, partition: int = 0) -> list[str]:
