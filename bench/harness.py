@@ -6,9 +6,7 @@ Everything talks TCP to the embedded broker; nothing here measures anything by i
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,13 +23,14 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from detector import synth
-from detector.broker import CLIENT_ENV
+from detector.broker import CLIENT_SETTINGS
 from detector.codec import encode_f32
 from detector.model.checkpoint import Checkpoint, save
 from detector.model.config import NetworkConfig
 from detector.model.features import CHANNELS_PER_FEATURE, InputStats
 from detector.model.network import DetectorNet
-from detector.settings import load_settings
+from detector.processes import json_log, stop_process
+from detector.settings import load_settings, settings_env
 from detector.tools import clients
 
 PARTITIONS = 4
@@ -147,26 +146,24 @@ class GroupWatch:
 
 
 def daemon_env(bootstrap: str, checkpoint: Path, input_topic: str, run: str, **extra: str) -> dict[str, str]:
-    """The daemon's whole configuration, as DETECTOR_* variables; topics and group named after ``run``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
-    env.update(
-        {
-            "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "DETECTOR_KAFKA__INPUT_TOPIC": input_topic,
-            "DETECTOR_KAFKA__OUTPUT_TOPIC": f"{run}.out",
-            "DETECTOR_KAFKA__DLQ_TOPIC": f"{run}.dlq",
-            "DETECTOR_KAFKA__ALERT_TOPIC": f"{run}.alerts",
-            "DETECTOR_KAFKA__GROUP_ID": f"{run}.group",
-            **CLIENT_ENV,
-            "DETECTOR_MODEL__CHECKPOINT": str(checkpoint),
-            "DETECTOR_MODEL__UNCALIBRATED": "warn",  # the bench serves random weights: speed, not accuracy
-            "DETECTOR_HTTP__PORT": "0",
-            "DETECTOR_LOG__FORMAT": "json",
-            "DETECTOR_LOG__LEVEL": "info",
-            **extra,
-        }
+    """The daemon's whole configuration, as DETECTOR_* variables; topics and group named after ``run``;
+    ``extra`` DETECTOR_* variables added last."""
+    env = settings_env(
+        os.environ,
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "input_topic": input_topic,
+            "output_topic": f"{run}.out",
+            "dlq_topic": f"{run}.dlq",
+            "alert_topic": f"{run}.alerts",
+            "group_id": f"{run}.group",
+            **CLIENT_SETTINGS,
+        },
+        model={"checkpoint": checkpoint, "uncalibrated": "warn"},  # random weights: speed, not accuracy
+        http={"port": 0},
+        log={"format": "json", "level": "info"},
     )
-    return env
+    return {**env, **extra}
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -218,13 +215,7 @@ class Child:
         self._rss.start()
 
     def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict):
-                    out.append(entry)
-        return out
+        return json_log(self.log_path)
 
     def wait_for(self, event: str, timeout_s: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -242,13 +233,7 @@ class Child:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM, wait (SIGKILL after ``timeout_s``), and keep the child's own peak RSS."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout_s)
         self._rss.join(1)
         self.peak_rss_mb = self._rss.peak_mb
         self._log.close()
@@ -296,7 +281,10 @@ class Observer(threading.Thread):
     def __init__(self, bootstrap: str, topic: str, window_id: Callable[[bytes], str]) -> None:
         super().__init__(daemon=True)
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, metrics_enabled=False, fetch_max_wait_ms=10
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            metrics_enabled=False,
+            fetch_max_wait_ms=CLIENT_SETTINGS["fetch_max_wait_ms"],
         )
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         self.consumer.assign(tps)

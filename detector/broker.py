@@ -7,30 +7,24 @@ it accepts TCP connections; :func:`run_foreground` is ``detector broker``.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import IO
 
 from detector.errors import BrokerError
+from detector.processes import ChildProcess, StopSignals
 
 STORAGE = "memory://tansu/"
 
-# What a daemon needs to work well against this broker, as DETECTOR_* variables (configs/dev.yaml holds the
-# same): a consumer group joins in ~3 s at these group timings (~23 s at the 45000 ms default), and the
-# broker answers a fetch that found nothing new late, so a short fetch wait keeps records from waiting on it.
-CLIENT_ENV = {
-    "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
-    "DETECTOR_KAFKA__HEARTBEAT_INTERVAL_MS": "2000",
-    "DETECTOR_KAFKA__FETCH_MAX_WAIT_MS": "10",
-}
+# The Kafka client timings that work well against this broker, as ``kafka`` settings, which are also the
+# kafka-python client options of the same names (configs/dev.yaml holds the same): a consumer group joins in
+# ~3 s at these group timings (~23 s at the 45000 ms default), and the broker answers a fetch that found
+# nothing new late, so a short fetch wait keeps records from waiting on it.
+CLIENT_SETTINGS: dict[str, int] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000, "fetch_max_wait_ms": 10}
 
 
 def broker_binary() -> str:
@@ -49,6 +43,13 @@ def _url(host: str, port: int) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listened on a moment ago (the system's choice)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def accepts_connections(host: str, port: int, timeout_s: float = 0.5) -> bool:
     """Whether something accepts TCP connections on host:port right now."""
     try:
@@ -56,14 +57,6 @@ def accepts_connections(host: str, port: int, timeout_s: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the broker gets SIGTERM when the process that started it dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class EmbeddedBroker:
@@ -88,8 +81,7 @@ class EmbeddedBroker:
         self.port = port
         self.output = output
         self.startup_timeout_s = startup_timeout_s
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self.child: ChildProcess | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -97,8 +89,13 @@ class EmbeddedBroker:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The broker's process, once started."""
+        return None if self.child is None else self.child.process
+
+    @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.child is not None and self.child.alive
 
     def argv(self) -> list[str]:
         url = _url(self.host, self.port)
@@ -119,27 +116,14 @@ class EmbeddedBroker:
         if accepts_connections(self.host, self.port):
             raise BrokerError(f"cannot start the broker: {self.bootstrap_servers} is already in use")
         argv = self.argv()
-        out: IO[bytes] | None
-        if isinstance(self.output, Path):
-            self._log = out = self.output.open("ab")
-        else:
-            out = self.output
         try:
-            self.process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT if out is not None else None,
-                start_new_session=True,  # a Ctrl-C at the terminal reaches the broker only through us
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            )
+            self.child = child = ChildProcess(argv, self.output)
         except OSError as err:
             raise BrokerError(f"cannot run the broker {argv[0]}: {err.strerror or err}") from err
         deadline = time.monotonic() + self.startup_timeout_s
         while not accepts_connections(self.host, self.port, timeout_s=0.2):
-            code = self.process.poll()
-            if code is not None:
-                self._close_log()
+            if not child.alive:
+                code = child.stop(0)  # only closes its log
                 raise BrokerError(f"the broker exited with code {code} before accepting connections")
             if time.monotonic() > deadline:
                 self.stop()
@@ -148,33 +132,20 @@ class EmbeddedBroker:
         return self
 
     def send_signal(self, signum: int) -> None:
-        if self.running and self.process is not None:
-            self.process.send_signal(signum)
+        if self.child is not None and self.child.alive:
+            self.child.process.send_signal(signum)
 
     def wait(self, timeout_s: float | None = None) -> int:
         """Wait for the broker to exit; its exit code (negative: killed by that signal)."""
-        if self.process is None:
+        if self.child is None:
             return 0
-        return self.process.wait(timeout_s)
+        return self.child.process.wait(timeout_s)
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; the exit code, or None when it was never started."""
-        if self.process is None:
+        if self.child is None:
             return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._close_log()
-        return self.process.returncode
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        return self.child.stop(timeout_s)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
@@ -191,21 +162,18 @@ def run_foreground(host: str, port: int, say: Callable[[str], None]) -> int:
     Returns the broker's exit code (0 after a forwarded SIGTERM/SIGINT; 128 + N when a signal N killed it).
     """
     broker = EmbeddedBroker(host, port)
-    stop: list[int] = []  # a signal that came before the broker was up
+    with StopSignals(exit_on_second=False) as signals:
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        stop.append(signum)
-        broker.send_signal(signum)
+        def forward() -> None:
+            if signals.received is not None:
+                broker.send_signal(signals.received)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        broker.start()
-        if stop:
-            broker.send_signal(stop[0])
-        say(f"broker listening on {broker.bootstrap_servers} (memory storage; Ctrl-C or SIGTERM stops it)")
-        code = broker.wait()
-    finally:
-        broker.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signals.on_stop(forward)
+        try:
+            broker.start()
+            forward()  # a signal that came before the broker was up
+            say(f"broker listening on {broker.bootstrap_servers} (memory storage; Ctrl-C or SIGTERM stops it)")
+            code = broker.wait()
+        finally:
+            broker.stop()
     return 128 - code if code < 0 else code

@@ -27,7 +27,6 @@ from typing import Any
 
 from detector.model import checkpoint
 from detector.model.checkpoint import Head
-from detector.ops.model_check import is_calibrated
 
 UNCALIBRATED_METHOD = checkpoint.UNCALIBRATED["method"]
 WIDTH = 100  # of the training lines, which may be long
@@ -49,7 +48,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "architecture": ckpt.network.model_dump(mode="json"),
         "parameters": sum(t.numel() for t in ckpt.state.values()),
         "heads": {"window": _head(ckpt.window), "step": None if ckpt.step is None else _head(ckpt.step)},
-        "calibrated": is_calibrated(ckpt),
+        "calibrated": checkpoint.is_calibrated(ckpt),
         "training": ckpt.training,
     }
 

@@ -4,7 +4,7 @@ Two input codecs (README, message formats): JSON (the default) and the compact b
 (little-endian float32 row-major values; the other fields in headers). Every failure is a
 :class:`~detector.errors.WindowError` carrying a stable reason code; callers turn it into a dead letter.
 
-Reason codes (stable): :data:`REASONS`, which the README's table repeats (a test keeps them equal).
+Reason codes (stable): :data:`REASONS`, which docs/reference.md's table repeats (a test keeps them equal).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ REASONS: dict[str, str] = {
     "bad_labels": "labels that are not T integers in {0, 1}",
     "bad_field": "`window_id`, `start` or `step_ms` of the wrong type, `step_ms` <= 0, "
     "or a `window_id` over 256 characters",
-    "oversize": "larger than `limits.max_message_bytes` (daemon)",
+    "oversize": "larger than `limits.max_message_bytes`",
     "unknown_content_type": "a content-type header the daemon does not decode (daemon)",
-    "decode_failed": "decoding failed in a way no other reason covers; `error.detail` names the error (daemon)",
+    "decode_failed": "decoding failed in a way no other reason covers; `error.detail` names the error",
     "output_refused": "the window was scored, but the broker refused its output record for good "
     "(e.g. too large); `error.detail` holds the broker's error (daemon)",
 }
@@ -57,6 +57,19 @@ class Window:
     values: np.ndarray
     labels: np.ndarray | None = None
     event_type: str | None = None
+
+    @property
+    def end(self) -> int | None:
+        """Epoch ms just after the last step (``start + T * step_ms``); ``start`` without ``step_ms``."""
+        if self.start is None or self.step_ms is None:
+            return self.start
+        return self.start + len(self.values) * self.step_ms
+
+
+def default_window_id(topic: str, partition: int, offset: int) -> str:
+    """The ``window_id`` of a window that has none: where it was read (a recording is a topic of one
+    partition named after the file, whose offsets are its line numbers), so a re-read carries the same one."""
+    return f"{topic}/{partition}/{offset}"
 
 
 def _check_shape(values: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
@@ -148,6 +161,15 @@ def parse_json(data: bytes) -> Any:
         if "Number out of range" in str(err):  # valid JSON (1e400) whose value is infinite
             raise WindowError("non_finite", f"a number is out of range: {err}") from None
         raise WindowError("bad_json", f"not valid JSON: {err}") from None
+
+
+def parse_json_object(data: bytes) -> dict[str, Any]:
+    """JSON bytes that must hold an object -> that object; WindowError as :func:`parse_json` raises it, or
+    ``not_object`` for any other JSON value."""
+    obj = parse_json(data)
+    if not isinstance(obj, dict):
+        raise WindowError("not_object", f"a JSON {type(obj).__name__}, not an object")
+    return obj
 
 
 # The fast path: a window of the usual shape is parsed and type-checked in one pass by msgspec, straight

@@ -1,4 +1,5 @@
-"""Calibrating and evaluating a checkpoint on a labelled recording, through the same Scorer that serves."""
+"""Calibrating and evaluating a checkpoint on a labelled recording, through the same Scorer that serves
+(the caller builds it: ``detector.ops.model_check.build_scorer`` from the settings)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,8 @@ from detector.model import calibration
 from detector.model.checkpoint import Checkpoint, Head
 from detector.model.metrics import binary_metrics
 from detector.model.thresholds import choose_threshold, parse_rule
-from detector.recordings import WindowSet
 from detector.scoring import Scorer
-
-SCORE_BATCH = 1024
-
-
-def logits(scorer: Scorer, data: WindowSet) -> tuple[np.ndarray, np.ndarray | None]:
-    """Raw window (N,) and step (N, T) logits of every window, in batches."""
-    win, step = [], []
-    for lo in range(0, len(data), SCORE_BATCH):
-        w, s, _ = scorer.logits(data.values[lo : lo + SCORE_BATCH])
-        win.append(w)
-        if s is not None:
-            step.append(s)
-    return np.concatenate(win), (np.concatenate(step) if step else None)
+from detector.windows import WindowSet
 
 
 def _fit_head(method: str, rule_text: str, z: np.ndarray, y: np.ndarray) -> Head:
@@ -34,31 +22,27 @@ def _fit_head(method: str, rule_text: str, z: np.ndarray, y: np.ndarray) -> Head
     return Head(calibration=params, threshold=choose_threshold(parse_rule(rule_text), prob, y), rule=rule_text)
 
 
-def calibrate(ckpt: Checkpoint, data: WindowSet, method: str, rule: str) -> Checkpoint:
-    """A copy of ``ckpt`` with calibrators and thresholds fitted on labelled ``data`` (window and step heads)."""
+def calibrate(scorer: Scorer, data: WindowSet, method: str, rule: str) -> Checkpoint:
+    """A copy of the scorer's checkpoint with calibrators and thresholds fitted on labelled ``data`` (window
+    and step heads)."""
     assert data.labels is not None
     parse_rule(rule)  # fail on a bad rule before any work
-    z_win, z_step = logits(Scorer(ckpt), data)
+    z_win, z_step, _ = scorer.logits(data.values)
     window = _fit_head(method, rule, z_win, data.labels.max(axis=1))
     step = None
     if z_step is not None:
         step = _fit_head(method, rule, z_step.reshape(-1), data.labels.reshape(-1))
-    return ckpt.with_heads(window, step)
+    return scorer.checkpoint.with_heads(window, step)
 
 
-def evaluate(ckpt: Checkpoint, data: WindowSet, out: Path) -> dict[str, Any]:
-    """Write ``out/metrics.json`` and the PNG plots; return the metrics."""
+def evaluate(scorer: Scorer, data: WindowSet, out: Path) -> dict[str, Any]:
+    """Write the PNG plots into ``out``; return the metrics (the caller writes ``metrics.json``)."""
     from detector import report
 
     assert data.labels is not None
-    scorer = Scorer(ckpt)
-    scores_win, scores_step = [], []
-    for lo in range(0, len(data), SCORE_BATCH):
-        s = scorer.score(data.values[lo : lo + SCORE_BATCH])
-        scores_win.append(s.probability)
-        if s.step_probability is not None:
-            scores_step.append(s.step_probability)
-    prob = np.concatenate(scores_win)
+    ckpt = scorer.checkpoint
+    scores = scorer.score(data.values)
+    prob = scores.probability
     y = data.labels.max(axis=1)
     metrics: dict[str, Any] = {
         "model_version": ckpt.version,
@@ -66,7 +50,7 @@ def evaluate(ckpt: Checkpoint, data: WindowSet, out: Path) -> dict[str, Any]:
         "threshold_rule": ckpt.window.rule,
         "window": binary_metrics(y, prob, ckpt.window.threshold),
     }
-    step_prob = np.concatenate(scores_step) if scores_step else None
+    step_prob = scores.step_probability
     if step_prob is not None and ckpt.step is not None:
         metrics["step"] = binary_metrics(data.labels.reshape(-1), step_prob.reshape(-1), ckpt.step.threshold)
     out.mkdir(parents=True, exist_ok=True)

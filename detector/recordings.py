@@ -12,8 +12,7 @@ import contextlib
 import csv
 import os
 import secrets
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from detector.codec import Window, decode_json, encode_json
 from detector.errors import DataError, WindowError
+from detector.windows import WindowSet, from_windows
 
 
 def _open(path: Path):
@@ -34,7 +34,7 @@ def _open(path: Path):
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
 
 
-def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+def iter_lines(path: str | Path) -> Generator[tuple[int, bytes], None, None]:
     """Yield (1-based line number, raw line without newline) for each non-blank line of the file."""
     path = Path(path)
     with _open(path) as f:
@@ -47,59 +47,11 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
             raise DataError(f"{path}: cannot read ({err.strerror})") from None
 
 
-@dataclass
-class WindowSet:
-    """All windows of a recording as arrays. ``labels`` (N, T) int8 when every window carries them."""
-
-    values: np.ndarray  # (N, T, F) float32
-    labels: np.ndarray | None  # (N, T) int8
-    series_ids: list[str]
-    window_ids: list[str | int]
-    starts: list[int | None]
-    step_ms: list[int | None]
-    event_types: list[str | None]
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.values.shape[1], self.values.shape[2]
-
-    @property
-    def window_labels(self) -> np.ndarray | None:
-        """A window's own label: 1 when any of its step labels is 1."""
-        return None if self.labels is None else self.labels.max(axis=1)
-
-    def segments(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """Contiguous runs of each series (windows whose starts follow on exactly), as (values, labels)."""
-        order = sorted(range(len(self)), key=lambda i: (self.series_ids[i], self.starts[i] or 0, i))
-        t = self.values.shape[1]
-        runs: list[list[int]] = []
-        for i in order:
-            prev = runs[-1][-1] if runs else None
-            if (
-                prev is not None
-                and self.series_ids[prev] == self.series_ids[i]
-                and self.starts[prev] is not None
-                and self.step_ms[prev]
-                and self.starts[i] == self.starts[prev] + t * self.step_ms[prev]
-            ):
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-        out = []
-        for run in runs:
-            vals = self.values[run].reshape(-1, self.values.shape[2])
-            labs = None if self.labels is None else self.labels[run].reshape(-1)
-            out.append((vals, labs))
-        return out
-
-
 def load(path: str | Path, shape: tuple[int, int] | None = None, need_labels: bool = False) -> WindowSet:
     """Read a whole recording; :class:`DataError` naming the file and line on the first bad window."""
     path = Path(path)
     windows: list[Window] = []
+    numbers: list[int] = []
     for number, line in iter_lines(path):
         try:
             w = decode_json(line, shape)
@@ -108,26 +60,13 @@ def load(path: str | Path, shape: tuple[int, int] | None = None, need_labels: bo
         if shape is None:
             shape = w.values.shape
         windows.append(w)
+        numbers.append(number)
     if not windows:
         raise DataError(f"{path}: holds no windows")
     unlabelled = sum(w.labels is None for w in windows)
     if need_labels and unlabelled:
         raise DataError(f"{path}: {unlabelled} windows carry no labels; this command needs labels")
-    return from_windows(windows, path.name)
-
-
-def from_windows(windows: list[Window], name: str) -> WindowSet:
-    """Stack validated windows of one shape; a missing window_id becomes ``{name}/{index}``."""
-    labelled = all(w.labels is not None for w in windows)
-    return WindowSet(
-        values=np.stack([w.values for w in windows]),
-        labels=np.stack([w.labels for w in windows]) if labelled else None,  # type: ignore[misc]
-        series_ids=[w.series_id for w in windows],
-        window_ids=[w.window_id if w.window_id is not None else f"{name}/{i}" for i, w in enumerate(windows)],
-        starts=[w.start for w in windows],
-        step_ms=[w.step_ms for w in windows],
-        event_types=[w.event_type for w in windows],
-    )
+    return from_windows(windows, path.name, numbers)
 
 
 @contextlib.contextmanager

@@ -7,10 +7,11 @@ In bf16 on the CPU (``cpu_bf16``) they are within ~0.03 of fp32 in probability.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
-from collections.abc import Sequence
-from concurrent.futures import Executor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,7 +228,6 @@ class Scorer:
     ) -> list[dict[str, Any]]:
         """Output records (the README's fields), one per window, in order; plain JSON types only."""
         ck = self.checkpoint
-        t = ck.window_length
         method = ck.calibration_name
         threshold = round(float(ck.window.threshold), 6)
         prob = np.round(scores.probability, 6).tolist()
@@ -237,12 +237,11 @@ class Scorer:
         event_names = ck.network.event_types
         out = []
         for i, w in enumerate(windows):
-            end = w.start + t * w.step_ms if (w.start is not None and w.step_ms is not None) else w.start
             rec: dict[str, Any] = {
                 "series_id": w.series_id,
                 "window_id": window_ids[i],
                 "start": w.start,
-                "end": end,
+                "end": w.end,
                 "probability": prob[i],
                 "flag": flags[i],
                 "threshold": threshold,
@@ -260,3 +259,20 @@ class Scorer:
             rec["latency_ms"] = round(float(latency_ms[i]), 3)
             out.append(rec)
         return out
+
+
+@contextlib.contextmanager
+def chunk_pool(scorer: Scorer, threads: int) -> Iterator[Executor | None]:
+    """For the block: on the CPU with ``threads`` > 1, a pool of that many threads that score a batch's
+    chunks side by side (:meth:`Scorer.logits`), with torch single-threaded in each; torch's thread count is
+    put back after. None (torch untouched) on a GPU or for one thread."""
+    if scorer.device.type != "cpu" or threads <= 1:
+        yield None
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="score-chunk") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(before)

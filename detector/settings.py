@@ -58,6 +58,18 @@ def env_name(dotted: str) -> str:
     return ENV_PREFIX + ENV_DELIMITER.join(dotted.split(".")).upper()
 
 
+def settings_env(base: Mapping[str, str], **sections: Mapping[str, object]) -> dict[str, str]:
+    """An environment that configures a child process by DETECTOR_* variables alone: ``base`` less every
+    variable whose name starts with DETECTOR_ (in any case), plus each setting given, nested like
+    ``load_settings``'s overrides, under its :func:`env_name` with ``str(value)``:
+    ``kafka={"group_id": "g"}`` -> ``DETECTOR_KAFKA__GROUP_ID=g``."""
+    env = {key: value for key, value in base.items() if not key.upper().startswith(ENV_PREFIX)}
+    for section, values in sections.items():
+        for name, value in values.items():
+            env[env_name(f"{section}.{name}")] = str(value)
+    return env
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -72,8 +84,9 @@ class KafkaSettings(_Section):
     alert_topic: str = "alerts"  # alert transitions; empty = off
     group_id: str = "detector"  # the consumer group: replicas sharing it share the partitions
     client_id: str = "detector"
-    session_timeout_ms: int = Field(default=45000, gt=0)  # 6000 with the embedded broker
-    heartbeat_interval_ms: int = Field(default=3000, gt=0)  # < session_timeout_ms; 2000 with embedded broker
+    # The embedded broker wants shorter group timings and fetch wait: detector.broker.CLIENT_SETTINGS.
+    session_timeout_ms: int = Field(default=45000, gt=0)
+    heartbeat_interval_ms: int = Field(default=3000, gt=0)  # < session_timeout_ms
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"  # where a group with no commits starts
     # How long the broker may hold a fetch that finds no new records. Apache Kafka answers as soon as records
     # arrive, so this only paces idle fetches there. The embedded broker (Tansu) answers such a fetch late,

@@ -9,7 +9,7 @@ import pytest
 from detector import recordings, synth
 from detector.model.config import AugmentConfig, NetworkConfig, TrainConfig
 from detector.model.train import train
-from detector.recordings import WindowSet
+from detector.windows import WindowSet
 
 SMALL = synth.SynthParams(series=4, windows_per_series=12, features=2, length=16, event_rate=0.3)
 
@@ -61,3 +61,19 @@ def _torch_threads_restored():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """Each test starts with the process's logging set-up: `serve` and `replay --offline` run in-process
+    configure structlog and the root logger for the whole process (a handler on that test's stderr)."""
+    import logging
+
+    import structlog
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    config = structlog.get_config()
+    yield
+    root.handlers, root.level = handlers, level
+    structlog.configure(**config)

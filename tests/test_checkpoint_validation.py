@@ -26,7 +26,11 @@ from detector.model.train import train
 from detector.ops.metrics import PrometheusObserver
 from detector.ops.model_check import validated_scorer
 from detector.ops.reload import CheckpointWatcher, ReloadOutcome
+from detector.settings import ModelSettings
 from tests.conftest import tiny_config
+
+WARN = ModelSettings(device="cpu", uncalibrated="warn")  # the models here come straight from training
+REFUSE = ModelSettings(device="cpu")
 
 Meta = dict[str, Any]
 State = dict[str, torch.Tensor]
@@ -115,7 +119,7 @@ BAD: dict[str, tuple[Callable[[bytes], bytes], str, str]] = {
 
 def test_a_good_checkpoint_passes_the_check(good):
     """The check returns a scorer for a sound file, with its threshold as stored."""
-    scorer = validated_scorer(good, "good.ckpt", expected_shape=(16, 2), uncalibrated="warn")
+    scorer = validated_scorer(good, "good.ckpt", WARN, expected_shape=(16, 2))
     assert scorer.shape == (16, 2)
     assert scorer.version == checkpoint.content_version(good)
 
@@ -284,7 +288,7 @@ def test_reload_rejects_a_bad_checkpoint_and_the_old_model_stays(good, kind, tmp
         outcomes.append(outcome)
         metrics.reloaded(outcome.result)
 
-    watcher = CheckpointWatcher(path, 0.05, (16, 2), "cpu", "fp32", on_result, serving_version=serving)
+    watcher = CheckpointWatcher(path, 0.05, (16, 2), REFUSE, on_result, serving_version=serving)
     path.write_bytes(make(good))
     outcome = watcher.poll_once()
     assert outcome is not None
@@ -299,9 +303,9 @@ def test_reload_rejects_a_bad_checkpoint_and_the_old_model_stays(good, kind, tmp
 def test_a_checkpoint_of_another_shape_is_refused_only_where_a_shape_is_expected(good):
     """Without an expected shape (start-up) any bounded shape serves; on reload a different one is refused."""
     data = rewrite(good, lambda m: m.update(window_length=32))
-    assert validated_scorer(data, "m.ckpt", uncalibrated="warn").shape == (32, 2)
+    assert validated_scorer(data, "m.ckpt", WARN).shape == (32, 2)
     with pytest.raises(CheckpointRejected, match="32 steps x 2 features") as err:
-        validated_scorer(data, "m.ckpt", expected_shape=(16, 2))
+        validated_scorer(data, "m.ckpt", REFUSE, expected_shape=(16, 2))
     assert err.value.stage == "shape"
 
 

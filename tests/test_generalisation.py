@@ -10,8 +10,8 @@ from detector.evaluation import calibrate
 from detector.model.config import TrainConfig
 from detector.model.metrics import binary_metrics
 from detector.model.train import train
-from detector.recordings import WindowSet, from_windows
 from detector.scoring import Scorer
+from detector.windows import WindowSet, from_windows
 
 # Unseen data: smoother noise and stronger seasons than the training generator's defaults.
 SHIFTED = synth.SynthParams(series=10, windows_per_series=70, ar_coefficient=(0.2, 0.95), season_amplitude=(0.2, 5.0))
@@ -28,7 +28,7 @@ def test_default_training_finds_events_in_unseen_series():
     # Default settings but the wall-clock cap (train.max_minutes): on a loaded machine the cap would end
     # training after a few epochs and turn this into a test of the machine's speed.
     result = train(_windows(1, synth.SynthParams()), TrainConfig(max_minutes=0))
-    calibrated = calibrate(result.checkpoint, _windows(2, SHIFTED), "isotonic", "max-f1")
+    calibrated = calibrate(Scorer(result.checkpoint), _windows(2, SHIFTED), "isotonic", "max-f1")
     test = _windows(3, SHIFTED)
     scores = Scorer(calibrated).score(test.values)
     m = binary_metrics(test.labels.max(axis=1), scores.probability, calibrated.window.threshold)  # type: ignore[union-attr]

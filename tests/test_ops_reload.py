@@ -21,7 +21,11 @@ from detector.ops.metrics import PrometheusObserver
 from detector.ops.model_check import probe_batch
 from detector.ops.reload import CheckpointWatcher, ReloadOutcome
 from detector.scoring import Scorer
+from detector.settings import ModelSettings
 from tests.conftest import tiny_config
+
+WARN = ModelSettings(device="cpu", uncalibrated="warn")  # the models here come straight from training
+REFUSE = ModelSettings(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +72,10 @@ def model_file(tmp_path: Path, base: Checkpoint) -> tuple[Path, str]:
 
 def watcher_for(path: Path, serving: str | None, recorder: Recorder, **kwargs) -> CheckpointWatcher:
     """A fast-polling watcher; the models here come straight from training, so uncalibrated ones pass."""
-    kwargs.setdefault("uncalibrated", "warn")
-    return CheckpointWatcher(path, 0.05, (16, 2), "cpu", "fp32", recorder, serving_version=serving, **kwargs)
+    model = ModelSettings(
+        device="cpu", uncalibrated=kwargs.pop("uncalibrated", "warn"), cpu_bf16=kwargs.pop("cpu_bf16", False)
+    )
+    return CheckpointWatcher(path, 0.05, (16, 2), model, recorder, serving_version=serving, **kwargs)
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> object:
@@ -142,9 +148,7 @@ def test_a_bad_file_is_rejected_once_and_the_old_model_stays(model_file, base, m
         recorder(outcome)
         metrics.reloaded(outcome.result)
 
-    watcher = CheckpointWatcher(
-        path, 0.05, (16, 2), "cpu", "fp32", on_result, serving_version=serving, full_check_every=1, uncalibrated="warn"
-    )
+    watcher = CheckpointWatcher(path, 0.05, (16, 2), WARN, on_result, serving_version=serving, full_check_every=1)
     data = make(base)
     replace_atomically(path, data)
     with capture_logs() as logs:
@@ -267,7 +271,7 @@ def test_a_failing_callback_does_not_stop_the_reload(model_file, base):
     def explode(outcome: ReloadOutcome) -> None:
         raise RuntimeError("metrics down")
 
-    watcher = CheckpointWatcher(path, 0.05, (16, 2), on_result=explode, serving_version=serving, uncalibrated="warn")
+    watcher = CheckpointWatcher(path, 0.05, (16, 2), WARN, on_result=explode, serving_version=serving)
     version = checkpoint.save(variant(base, 0.45), path)
     with capture_logs() as logs:
         assert accepted(watcher.poll_once()) is True

@@ -84,7 +84,7 @@ def models(small_data, tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("serve-models")
     paths = {"raw": d / "raw.ckpt", "calibrated": d / "calibrated.ckpt"}
     checkpoint.save(raw, paths["raw"])
-    checkpoint.save(evaluation.calibrate(raw, small_data, "platt", "0.5"), paths["calibrated"])
+    checkpoint.save(evaluation.calibrate(Scorer(raw), small_data, "platt", "0.5"), paths["calibrated"])
     return paths
 
 

@@ -16,8 +16,8 @@ import pytest
 from detector.codec import encode_f32
 from detector.model import checkpoint
 from detector.model.train import train
+from detector.processes import StopSignals
 from detector.scoring import Scorer
-from detector.serve.daemon import StopSignals
 from detector.serve.fakes import MemorySink, MemorySource, headers_dict
 from detector.serve.messages import TopicPartition
 from detector.serve.runner import Runner, RunnerConfig
@@ -65,9 +65,9 @@ class SlowScorer:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def score(self, values: np.ndarray) -> Any:
+    def score(self, values: np.ndarray, pool: Any = None) -> Any:
         time.sleep(self.seconds)
-        return self.inner.score(values)
+        return self.inner.score(values, pool)
 
 
 def config(**changes: Any) -> RunnerConfig:

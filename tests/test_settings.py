@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from detector.broker import CLIENT_ENV
+from detector.broker import CLIENT_SETTINGS
 from detector.errors import ConfigError
-from detector.settings import Settings, load_settings, masked, security_warnings
+from detector.settings import Settings, load_settings, masked, security_warnings, settings_env
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 _CLIENT_FIELDS = ("session_timeout_ms", "heartbeat_interval_ms", "fetch_max_wait_ms")
@@ -197,10 +197,25 @@ def test_dev_config_suits_the_embedded_broker() -> None:
     assert (s.kafka.session_timeout_ms, s.kafka.heartbeat_interval_ms) == (6000, 2000)
     assert s.kafka.fetch_max_wait_ms == 10  # the embedded broker answers an empty fetch late
     # the daemons the demo, the bench and the integration tests start get the same values
-    assert load_settings(environ=CLIENT_ENV).kafka.model_dump(include=set(_CLIENT_FIELDS)) == s.kafka.model_dump(
-        include=set(_CLIENT_FIELDS)
-    )
+    started = load_settings(environ=settings_env({}, kafka=CLIENT_SETTINGS))
+    assert started.kafka.model_dump(include=set(_CLIENT_FIELDS)) == s.kafka.model_dump(include=set(_CLIENT_FIELDS))
     assert s.model.checkpoint == Path("models/detector.ckpt")
+
+
+def test_settings_env_replaces_every_detector_variable_of_its_base() -> None:
+    """A child's environment: the base's DETECTOR_* variables (any case) dropped, the others kept, and the
+    settings given as the variables that load back to them."""
+    base = {"PATH": "/bin", "DETECTOR_KAFKA__GROUP_ID": "mine", "detector_log__level": "debug"}
+    env = settings_env(base, kafka={"group_id": "g", "session_timeout_ms": 6000}, model={"checkpoint": Path("m")})
+    assert env == {
+        "PATH": "/bin",
+        "DETECTOR_KAFKA__GROUP_ID": "g",
+        "DETECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "DETECTOR_MODEL__CHECKPOINT": "m",
+    }
+    s = load_settings(environ=env)
+    assert (s.kafka.group_id, s.kafka.session_timeout_ms, s.model.checkpoint) == ("g", 6000, Path("m"))
+    assert s.log.level == "info"
 
 
 def test_production_config_holds_no_secret_and_takes_it_from_the_environment() -> None:

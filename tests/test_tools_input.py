@@ -54,7 +54,7 @@ def test_replay_turns_any_decoding_failure_into_a_bad_line(monkeypatch: pytest.M
     def explode(_: bytes) -> object:
         raise MemoryError("the decoder ran out of memory")
 
-    monkeypatch.setattr("detector.tools.replay.parse_json", explode)
+    monkeypatch.setattr("detector.tools.replay.parse_json_object", explode)
     with pytest.raises(LineError, match="MemoryError: the decoder ran out of memory"):
         to_record(b'{"series_id": "s", "values": [1], "_ts": 1, "_ts": 2}', "json")
 
@@ -65,7 +65,7 @@ def test_record_turns_any_decoding_failure_into_a_skipped_record(monkeypatch: py
     def explode(_: bytes) -> object:
         raise ValueError("odd")
 
-    monkeypatch.setattr("detector.tools.record.parse_json", explode)
+    monkeypatch.setattr("detector.tools.record.parse_json_object", explode)
     with pytest.raises(RecordError, match="ValueError: odd"):
         to_line(b"{}", [], 1, None)
 

@@ -9,59 +9,34 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from detector.broker import _die_with_parent
 from detector.errors import DetectorError
+from detector.processes import ChildProcess, json_log
 
 POLL_S = 0.2
 
 
-class ServeProcess:
+class ServeProcess(ChildProcess):
     """One ``detector serve`` child. ``stop`` may be called any number of times; after it no child is left."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
         self.log_path = log_path
-        self._log: IO[bytes] | None = log_path.open("ab")
         self.url: str | None = None
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "detector.cli", "serve"],
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            )
+            super().__init__([sys.executable, "-m", "detector.cli", "serve"], log_path, env)
         except OSError as err:
-            self._close_log()
             raise DetectorError(f"cannot start detector serve: {err.strerror or err}") from None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
 
     def log_events(self) -> list[dict[str, Any]]:
         """The JSON log lines written so far (other lines skipped)."""
-        entries = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict):
-                    entries.append(entry)
-        return entries
+        return json_log(self.log_path)
 
     def last_error(self) -> str:
         """The last error-level log line, or the last line, for a one-line report of why it stopped."""
@@ -106,17 +81,4 @@ class ServeProcess:
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM (the daemon finishes its batch, commits, leaves the group), SIGKILL after ``timeout_s``;
         the exit code (negative: killed by that signal)."""
-        if self.alive:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._close_log()
-        return int(self.process.returncode)
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        return super().stop(timeout_s)

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,25 +25,18 @@ from pathlib import Path
 
 import msgspec
 from kafka import TopicPartition
-from kafka import errors as kerr
 
 from detector import recordings, synth
-from detector.broker import CLIENT_ENV, EmbeddedBroker, accepts_connections
+from detector.broker import CLIENT_SETTINGS, EmbeddedBroker, accepts_connections, free_port
 from detector.demo.daemon import ServeProcess
 from detector.demo.model import build, bundled_path
 from detector.demo.summary import DemoSummary, summarise
 from detector.errors import CheckpointError, DataError, DetectorError
 from detector.model import checkpoint
-from detector.settings import Settings, load_settings
+from detector.processes import StopSignals
+from detector.settings import Settings, load_settings, settings_env
 from detector.tools import alerts
-from detector.tools.clients import (
-    StopFlag,
-    close_quietly,
-    create_topics,
-    in_time_order,
-    make_consumer,
-    make_producer,
-)
+from detector.tools.clients import close_quietly, create_topics, make_consumer, make_producer, poll_in_order
 from detector.tools.replay import Pacer, ReplayResult, publish
 
 HOST = "127.0.0.1"
@@ -56,7 +48,7 @@ READY_TIMEOUT_S = 120.0  # serve: import torch, load the model, reach the broker
 DRAIN_TIMEOUT_S = 30.0  # after the replay, how long to wait for the outputs of the last windows
 SETTLE_S = 1.0  # after the last output, how long alerts of the same batches may still come in
 PROGRESS_EVERY_S = 20.0
-POLL_MS = 200
+POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -104,12 +96,6 @@ class _Scored(msgspec.Struct):
 _scored = msgspec.json.Decoder(_Scored)
 
 
-def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def prepare_model(options: DemoOptions, say: Callable[[str], None]) -> Path:
     """The checkpoint the daemon serves, copied (or trained) into the artifacts folder."""
     target = options.out / "model.ckpt"
@@ -146,24 +132,21 @@ def serve_env(
     base: Mapping[str, str], settings: Settings, topics: DemoTopics, model: Path, http_port: int
 ) -> dict[str, str]:
     """The daemon's whole configuration as DETECTOR_* variables; the caller's own DETECTOR_* are dropped."""
-    env = {k: v for k, v in base.items() if not k.upper().startswith("DETECTOR_")}
-    env.update(
-        {
-            "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "DETECTOR_KAFKA__INPUT_TOPIC": topics.input,
-            "DETECTOR_KAFKA__OUTPUT_TOPIC": topics.output,
-            "DETECTOR_KAFKA__DLQ_TOPIC": topics.dlq,
-            "DETECTOR_KAFKA__ALERT_TOPIC": topics.alerts,
-            "DETECTOR_KAFKA__GROUP_ID": topics.group,
-            **CLIENT_ENV,  # the embedded broker's group timings and fetch wait
-            "DETECTOR_MODEL__CHECKPOINT": str(model),
-            "DETECTOR_HTTP__HOST": HOST,
-            "DETECTOR_HTTP__PORT": str(http_port),
-            "DETECTOR_LOG__FORMAT": "json",
-            "DETECTOR_LOG__LEVEL": "info",
-        }
+    return settings_env(
+        base,
+        kafka={
+            "bootstrap_servers": settings.kafka.bootstrap_servers,
+            "input_topic": topics.input,
+            "output_topic": topics.output,
+            "dlq_topic": topics.dlq,
+            "alert_topic": topics.alerts,
+            "group_id": topics.group,
+            **CLIENT_SETTINGS,  # the embedded broker's group timings and fetch wait
+        },
+        model={"checkpoint": model},
+        http={"host": HOST, "port": http_port},
+        log={"format": "json", "level": "info"},
     )
-    return env
 
 
 def run(
@@ -184,10 +167,9 @@ def run(
         say(f"[{time.monotonic() - started:6.1f}s] {text}")
 
     step(f"artifacts and logs go to {options.out}")
-    stop = StopFlag()
     broker: EmbeddedBroker | None = None
     serve: ServeProcess | None = None
-    with stop.installed():
+    with StopSignals(exit_on_second=False) as stop:
         try:
             model = prepare_model(options, step)
             ckpt = checkpoint.load(model)
@@ -202,7 +184,7 @@ def run(
             if stop():
                 result.interrupted = True
                 return result
-            broker = EmbeddedBroker(HOST, options.broker_port or free_port(), output=options.out / "broker.log")
+            broker = EmbeddedBroker(HOST, options.broker_port or free_port(HOST), output=options.out / "broker.log")
             broker.start()
             settings = load_settings(
                 environ={}, kafka={"bootstrap_servers": broker.bootstrap_servers, "client_id": "detector-demo"}
@@ -268,7 +250,7 @@ def _stream(
     stream: Path,
     rate: float,
     serve: ServeProcess,
-    stop: StopFlag,
+    stop: Callable[[], bool],
     step: Callable[[str], None],
     warn: Callable[[str], None],
 ) -> tuple[ReplayResult, list[int]]:
@@ -312,10 +294,7 @@ def _stream(
             drain_until: float | None = None  # set when the replay is over
             all_in_at: float | None = None  # when every published window had come back
             while not stop():
-                try:
-                    records = in_time_order(consumer.poll(timeout_ms=POLL_MS))
-                except kerr.KafkaError as err:
-                    raise DetectorError(f"reading {topics.alerts}: {type(err).__name__}: {err}") from None
+                records = poll_in_order(consumer, f"reading {topics.alerts}", POLL_S)
                 for r in records:
                     if r.topic == topics.output:
                         try:

@@ -286,3 +286,8 @@ def read(path: str | Path) -> bytes:
 def load(path: str | Path) -> Checkpoint:
     """Read and validate a checkpoint file; :class:`CheckpointError` on any defect, including a missing file."""
     return from_bytes(read(path), str(path))
+
+
+def is_calibrated(ckpt: Checkpoint) -> bool:
+    """Whether the window head has a calibrator (``detector calibrate`` fitted one): what ``serve`` checks."""
+    return ckpt.calibration_name != UNCALIBRATED["method"]

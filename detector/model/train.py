@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from detector.errors import TrainingError
 from detector.model.checkpoint import Checkpoint, Head
@@ -29,7 +28,7 @@ from detector.model.features import CHANNELS_PER_FEATURE, InputStats, robust_cha
 from detector.model.inject import EVENT_KINDS, EventSpec, inject_batch
 from detector.model.metrics import binary_metrics
 from detector.model.network import DetectorNet
-from detector.recordings import WindowSet
+from detector.windows import WindowSet
 
 # Training events are sized on the window's own step-to-step noise, which for smooth (autocorrelated)
 # series is far below the series' overall noise that real events are measured against: widen the sizes.
@@ -155,11 +154,12 @@ def train(
     data: WindowSet,
     config: TrainConfig,
     inject: bool = False,
-    progress: bool = False,
+    on_batch: Callable[[], None] = lambda: None,
     feature_names: list[str] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> TrainResult:
-    """Fit a model on ``data``; labels are required unless ``inject``."""
+    """Fit a model on ``data``; labels are required unless ``inject``. ``on_batch`` is called after each
+    training batch (``config.epochs * config.steps_per_epoch`` at most), ``log`` with a line per epoch."""
     if not inject and data.labels is None:
         raise TrainingError("the recording carries no labels: add them, or train with --inject")
     if (
@@ -229,7 +229,6 @@ def train(
 
     best_loss, best_state, best_epoch, stale = math.inf, copy.deepcopy(net.state_dict()), 0, 0
     history = []
-    bar = tqdm(total=total_steps, desc="train", unit="batch", disable=not progress, leave=False)
     epoch = 0
     for epoch in range(1, config.epochs + 1):
         net.train()
@@ -244,12 +243,11 @@ def train(
             opt.step()
             sched.step()
             running += loss.item()
-            bar.update(1)
+            on_batch()
         net.eval()
         with torch.no_grad():
             val_loss = float(objective(vx, vy, vk))
         history.append({"epoch": epoch, "train_loss": running / config.steps_per_epoch, "val_loss": val_loss})
-        bar.set_postfix(train=f"{running / config.steps_per_epoch:.4f}", val=f"{val_loss:.4f}")
         log(f"epoch {epoch}: train loss {running / config.steps_per_epoch:.4f}, validation loss {val_loss:.4f}")
         if val_loss < best_loss - 1e-4:
             best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(net.state_dict()), epoch, 0
@@ -259,7 +257,6 @@ def train(
                 break
         if config.max_minutes and time.monotonic() - started > config.max_minutes * 60:
             break
-    bar.close()
     net.load_state_dict(best_state)
     # pos_weight w moves the optimal logit up by log(w); take it back out so that the raw model is
     # roughly calibrated at the training prior (calibration proper comes later, on held-out data).

@@ -16,7 +16,7 @@ How the loop is meant to call it:
 
 What a caller may rely on: no method raises (a failure is logged once per method and swallowed), each
 instance has its own ``CollectorRegistry`` (never the global one, so tests can build several), and the
-families exposed are exactly :data:`METRIC_NAMES` (documented in docs/metrics.md).
+families exposed are exactly :data:`METRIC_NAMES` (documented in docs/reference.md).
 
 End-to-end latency is measured from the input record's broker timestamp to the acknowledgement of its
 output: the runner reports latencies up to scoring time in ``scored``; ``batch_done`` (called once the

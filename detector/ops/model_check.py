@@ -17,20 +17,22 @@ checkpoint it lets through is logged at WARNING each time (at start-up, and on e
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import structlog
 
 from detector.errors import CheckpointError, CheckpointRejected
 from detector.model import checkpoint
 from detector.scoring import Scorer
+from detector.settings import ModelSettings
 
 PROBE_SIZE = 8
 
-# What to do with a checkpoint whose window head has no calibrator (`detector calibrate` never saw it):
-# refuse it (the default, as the setting's), or serve it with a warning.
-Uncalibrated = Literal["refuse", "warn"]
+
+def build_scorer(ckpt: checkpoint.Checkpoint, model: ModelSettings) -> Scorer:
+    """A scorer for ``ckpt`` as the ``model`` settings ask (device, precision, ``cpu_bf16``): the one place
+    where settings become a scorer, for every command that scores. Raises what :class:`Scorer` raises (a
+    device this machine lacks: ValueError)."""
+    return Scorer(ckpt, device=model.device, precision=model.precision, cpu_bf16=model.cpu_bf16)
 
 
 def probe_batch(n: int, length: int, features: int) -> np.ndarray:
@@ -56,19 +58,17 @@ def probe_batch(n: int, length: int, features: int) -> np.ndarray:
 def validated_scorer(
     data: bytes,
     name: str,
+    model: ModelSettings,
     *,
-    device: str = "cpu",
-    precision: str = "fp32",
-    cpu_bf16: bool = False,
     expected_shape: tuple[int, int] | None = None,
     probe_size: int = PROBE_SIZE,
-    uncalibrated: Uncalibrated = "refuse",
 ) -> Scorer:
-    """A scorer for checkpoint bytes that passed every stage, or :class:`CheckpointRejected` (one line
-    starting with ``name``). Never raises anything else for any content of ``data``.
+    """A scorer for checkpoint bytes that passed every stage, built by :func:`build_scorer` from ``model``,
+    or :class:`CheckpointRejected` (one line starting with ``name``). Never raises anything else for any
+    content of ``data``.
 
-    ``uncalibrated`` is ``model.uncalibrated``: ``refuse`` rejects a checkpoint whose window head is
-    uncalibrated at stage ``load``, saying to calibrate it; ``warn`` lets it through and logs a WARNING."""
+    ``model.uncalibrated``: ``refuse`` rejects a checkpoint whose window head is uncalibrated at stage
+    ``load``, saying to calibrate it; ``warn`` lets it through and logs a WARNING."""
     try:
         ckpt = checkpoint.from_bytes(data, name=name)
     except CheckpointError as err:
@@ -83,9 +83,10 @@ def validated_scorer(
             f"the serving model (and the topic) {expected_shape[0]} x {expected_shape[1]}",
         )
     try:
-        scorer = Scorer(ckpt, device=device, precision=precision, cpu_bf16=cpu_bf16)
+        scorer = build_scorer(ckpt, model)
     except Exception as err:
-        raise CheckpointRejected("scorer", f"{name}: cannot build a scorer on {device}: {_one_line(err)}") from None
+        where = model.device
+        raise CheckpointRejected("scorer", f"{name}: cannot build a scorer on {where}: {_one_line(err)}") from None
     try:
         scores = scorer.score(probe_batch(probe_size, *shape))
     except Exception as err:
@@ -100,9 +101,9 @@ def validated_scorer(
     for what, values in (("probabilities", scores.probability), ("step probabilities", scores.step_probability)):
         if values is not None and not np.all((values >= 0.0) & (values <= 1.0)):
             raise CheckpointRejected("probe", f"{name}: the probe batch scored to {what} outside [0, 1]")
-    if is_calibrated(ckpt):
+    if checkpoint.is_calibrated(ckpt):
         return scorer
-    if uncalibrated != "warn":
+    if model.uncalibrated != "warn":
         raise CheckpointRejected(
             "load",
             f"{name}: uncalibrated checkpoint (its threshold is a placeholder): run `detector calibrate` on it, "
@@ -115,11 +116,6 @@ def validated_scorer(
         model_version=scorer.version,
     )
     return scorer
-
-
-def is_calibrated(ckpt: checkpoint.Checkpoint) -> bool:
-    """Whether the window head has a calibrator (``detector calibrate`` fitted one): what ``serve`` checks."""
-    return ckpt.calibration_name != checkpoint.UNCALIBRATED["method"]
 
 
 def _one_line(err: BaseException) -> str:

@@ -1,18 +1,12 @@
 """Hot reload: a new checkpoint file is loaded and validated off the hot path, then taken between batches.
 
-How the loop is meant to call it:
-
-- The daemon, after loading the first scorer, builds ``CheckpointWatcher(settings.model.checkpoint,
-  settings.reload.poll_seconds, scorer.shape, settings.model.device, settings.model.precision,
-  on_result=lambda outcome: metrics.reloaded(outcome.result), serving_version=scorer.version,
-  uncalibrated=settings.model.uncalibrated)``, calls ``start()``, and ``close()`` after the runner has
-  returned.
-- The runner calls ``take()`` between batches (where ``Runner._complete`` applies its next scorer, before
-  decoding the batch); a scorer it returns scores that whole batch and every later one. The runner then
-  reports the new version (``metrics.model_loaded``, ``health.set_model``). ``take()`` never blocks on a
-  load: loading, validating and probing run on the watcher's own thread.
+Use: build it with the serving model's shape and the ``model`` settings, ``start()`` it, call ``take()``
+between batches, ``close()`` it when done.
 
 What a caller may rely on:
+
+- ``take()`` hands over a validated new scorer (or None), to be used from the next batch on; it never
+  blocks on a load: loading, validating and probing run on the watcher's own thread.
 
 - The file is read once into bytes; those same bytes are hashed (SHA-256), parsed and validated, so a file
   replaced mid-read is never half-served (writers replace it atomically by rename; a non-atomic writer's
@@ -46,8 +40,9 @@ import structlog
 
 from detector.errors import CheckpointRejected, RejectionStage
 from detector.model import checkpoint
-from detector.ops.model_check import PROBE_SIZE, Uncalibrated, validated_scorer
+from detector.ops.model_check import PROBE_SIZE, validated_scorer
 from detector.scoring import Scorer
+from detector.settings import ModelSettings
 
 
 @dataclass(frozen=True)
@@ -74,13 +69,10 @@ class CheckpointWatcher:
         path: str | Path,
         poll_seconds: float,
         expected_shape: tuple[int, int],
-        device: str = "cpu",
-        precision: str = "fp32",
+        model: ModelSettings,
         on_result: Callable[[ReloadOutcome], None] | None = None,
         *,
         serving_version: str | None = None,
-        cpu_bf16: bool = False,
-        uncalibrated: Uncalibrated = "refuse",
         probe_size: int = PROBE_SIZE,
         full_check_every: int = 12,
     ) -> None:
@@ -89,10 +81,7 @@ class CheckpointWatcher:
         self.path = Path(path)
         self.poll_seconds = poll_seconds
         self.expected_shape = (int(expected_shape[0]), int(expected_shape[1]))
-        self.device = device
-        self.precision = precision
-        self.cpu_bf16 = cpu_bf16
-        self.uncalibrated: Uncalibrated = uncalibrated
+        self.model = model
         self.on_result = on_result
         self.full_check_every = max(1, full_check_every)
         self.probe_size = probe_size
@@ -218,14 +207,7 @@ class CheckpointWatcher:
     def _try(self, data: bytes, version: str) -> ReloadOutcome:
         try:
             scorer = validated_scorer(
-                data,
-                str(self.path),
-                device=self.device,
-                precision=self.precision,
-                cpu_bf16=self.cpu_bf16,
-                expected_shape=self.expected_shape,
-                probe_size=self.probe_size,
-                uncalibrated=self.uncalibrated,
+                data, str(self.path), self.model, expected_shape=self.expected_shape, probe_size=self.probe_size
             )
         except CheckpointRejected as rejected:
             return ReloadOutcome(str(self.path), version, False, rejected.stage, str(rejected))

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 import sys
-from collections.abc import Callable
-from types import FrameType
 from typing import IO
 
 import structlog
@@ -32,6 +29,7 @@ from detector.ops.http import Health, OpsServer
 from detector.ops.metrics import PrometheusObserver
 from detector.ops.model_check import validated_scorer
 from detector.ops.reload import CheckpointWatcher, ReloadOutcome
+from detector.processes import StopSignals
 from detector.scoring import Scorer, resolve_device
 from detector.serve.kafka_io import KafkaSink, KafkaSource, connect, make_producer
 from detector.serve.logs import configure_logging
@@ -48,42 +46,6 @@ def runner_config(settings: Settings) -> RunnerConfig:
         max_message_bytes=settings.limits.max_message_bytes,
         alert_topic=settings.kafka.alert_topic,
     )
-
-
-class StopSignals:
-    """SIGTERM / SIGINT handlers for the life of a ``with`` block: the first signal calls the stop
-    callbacks (which only set flags), a second one exits the process at once."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._callbacks: list[Callable[[], None]] = []
-        self._previous: dict[int, object] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.received is not None
-
-    def on_stop(self, callback: Callable[[], None]) -> None:
-        self._callbacks.append(callback)
-        if self.requested:
-            callback()
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is not None:
-            os._exit(128 + signum)  # the operator insists; nothing uncommitted is lost, only re-read
-        self.received = signum
-        for callback in self._callbacks:
-            callback()
-
-    def __enter__(self) -> StopSignals:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 def load_scorer(settings: Settings) -> Scorer:
@@ -106,14 +68,7 @@ def load_scorer(settings: Settings) -> Scorer:
     except ValueError as err:  # cuda asked for on a machine without one
         raise ConfigError(f"invalid setting model.device (DETECTOR_MODEL__DEVICE): {err}") from None
     torch.set_num_threads(m.cpu_threads or max(1, available_cpus() - 1))
-    return validated_scorer(
-        data,
-        str(m.checkpoint),
-        device=m.device,
-        precision=m.precision,
-        cpu_bf16=m.cpu_bf16,
-        uncalibrated=m.uncalibrated,
-    )
+    return validated_scorer(data, str(m.checkpoint), m)
 
 
 # How long a thread may hold the GIL while another waits for it. Python's 5 ms starves the threads that
@@ -158,11 +113,8 @@ def serve(settings: Settings, log_stream: IO[str] | None = None) -> int:
             settings.model.checkpoint or "",
             settings.reload.poll_seconds,
             scorer.shape,
-            settings.model.device,
-            settings.model.precision,
+            settings.model,
             on_result=reloaded,
-            cpu_bf16=settings.model.cpu_bf16,
-            uncalibrated=settings.model.uncalibrated,
             serving_version=scorer.version,
         ).start()
         metrics.watch_checkpoint(lambda: watcher.rejected)

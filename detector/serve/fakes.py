@@ -214,6 +214,9 @@ class MemorySource:
     def lag(self) -> dict[TopicPartition, int]:
         return {tp: len(self.logs[tp]) - self.positions.get(tp, 0) for tp in sorted(self.assigned)}
 
+    def exhausted(self) -> bool:
+        return False  # a topic has no end
+
     def problem(self) -> str | None:
         return "broker unreachable (scripted)" if self._failing_polls else None
 

@@ -329,6 +329,9 @@ class KafkaSource:
         self._next = {tp: n for tp, n in self._next.items() if tp in assignment}
         return lags
 
+    def exhausted(self) -> bool:
+        return False  # a topic has no end
+
     def problem(self) -> str | None:
         """Whether the client holds a live connection to the group coordinator (kafka-python's own view)."""
         coordinator = self.consumer._coordinator.coordinator_id

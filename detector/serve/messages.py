@@ -144,6 +144,10 @@ class Source(Protocol):
         when it can. Cheap and local."""
         ...
 
+    def exhausted(self) -> bool:
+        """True once a bounded source (a file) has handed out its last message; a stream never is."""
+        ...
+
 
 class Sink(Protocol):
     """Output records, produced asynchronously and acknowledged by :meth:`flush`."""

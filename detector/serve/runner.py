@@ -39,6 +39,12 @@ What a caller may rely on:
   (only a commit that failed can be pending, as a batch is committed once delivered) and, for a
   partition this member keeps, reads again from there; a new owner reads from that commit.
 - Faults of the broker (poll, produce, commit) are retried with backoff and logged; they never end the loop.
+- A bounded source (a file) ends the loop once it is exhausted and everything read is delivered.
+- Output records: a window without a ``window_id`` gets :func:`~detector.codec.default_window_id` of its
+  message. ``scored_at`` is the wall clock and ``latency_ms`` the time since the message's timestamp; with
+  ``event_time`` (a replay of a file, which has no broker clock) ``scored_at`` is the input's own time
+  instead (the message's timestamp, else the window's end, else its start, else 0) and ``latency_ms`` 0,
+  so the same input gives byte-identical output on every run.
 - Around the loop (each optional): ``health`` hears a beat on every iteration and retry, whether the broker
   is reachable, whether the group is joined and which model serves; ``reloads`` (a checkpoint watcher's
   ``take``) is asked for a new scorer between batches; ``alerts`` turns each batch's scored windows into
@@ -54,13 +60,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Collection, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
 
-from detector.codec import Window, encode_json
+from detector.codec import Window, default_window_id, encode_json
 from detector.errors import WindowError
 from detector.ops.alerts import AlertTracker
 from detector.ops.http import Health
@@ -107,6 +113,7 @@ class RunnerConfig:
     read_ahead: int = 4  # a poll may take this many batches' worth of messages (see the module docstring)
     max_held_bytes: int = 64 * 1024 * 1024  # no poll while the messages read ahead hold this many bytes
     dead_letter_log_s: float = 10.0  # at most one "dead letter" log line per reason this often
+    event_time: bool = False  # scored_at from the input's own time, latency 0 (see the module docstring)
 
 
 @dataclass
@@ -127,9 +134,11 @@ class _InFlight:
         return self.scoring is None or self.scoring.done()
 
 
-def _timed_score(scorer: Scorer, values: np.ndarray, clock: Callable[[], float]) -> tuple[Scores, float]:
+def _timed_score(
+    scorer: Scorer, values: np.ndarray, pool: Executor | None, clock: Callable[[], float]
+) -> tuple[Scores, float]:
     started = clock()
-    return scorer.score(values), clock() - started
+    return scorer.score(values, pool), clock() - started
 
 
 class Backoff:
@@ -161,6 +170,7 @@ class Runner:
         health: Health | None = None,
         reloads: Callable[[], Scorer | None] | None = None,
         alerts: AlertTracker | None = None,
+        score_pool: Executor | None = None,
         clock: Callable[[], float] = time.monotonic,
         now_ms: Callable[[], int] = wall_ms,
         sleep: Callable[[float], None] = time.sleep,
@@ -177,6 +187,7 @@ class Runner:
         self.health = health
         self.reloads = reloads
         self.alerts = alerts if config.alert_topic else None
+        self.score_pool = score_pool  # CPU threads that score a batch's chunks side by side (Scorer.logits)
         self._status_at = float("-inf")
         self._status_failed = False
         self.log = structlog.get_logger("detector.serve")
@@ -215,7 +226,9 @@ class Runner:
     # -- the loop ---------------------------------------------------------------------------------------
 
     def run(self, *, max_messages: int | None = None, idle_timeout_s: float | None = None) -> Counters:
-        """Serve until a stop request, or ``max_messages`` consumed, or ``idle_timeout_s`` without input."""
+        """Serve until a stop request, ``max_messages`` consumed, ``idle_timeout_s`` without input, or the
+        end of a bounded source; what was consumed is delivered before it returns (unless stopping with
+        output that cannot be delivered)."""
         self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector-score")
         self._abandoned = False
         try:
@@ -264,6 +277,8 @@ class Runner:
             elif not self._batch and self._uncommitted and now >= self._commit_retry_at:
                 self._commit({})
             if idle_timeout_s is not None and now - idle_since >= idle_timeout_s:
+                break
+            if not messages and self.source.exhausted():
                 break
         # What is under way and what was read ahead is scored and delivered too, unless delivery fails.
         while self._batch and not self._abandoned:
@@ -349,7 +364,8 @@ class Runner:
         scoring = None
         if windows:
             assert self._scoring is not None, "batches are scored inside run()"
-            scoring = self._scoring.submit(_timed_score, scorer, np.stack([w.values for w in windows]), self.clock)
+            values = np.stack([w.values for w in windows])
+            scoring = self._scoring.submit(_timed_score, scorer, values, self.score_pool, self.clock)
         return _InFlight(batch, scorer, windows, sources, dead, scoring, started)
 
     def _records(self, job: _InFlight) -> list[OutRecord]:
@@ -367,13 +383,19 @@ class Runner:
             scores = _subset(scores, keep)
             if not windows:
                 return dead
-        scored_at = self.now_ms()
-        latency = [float(scored_at - m.timestamp) if m.timestamp >= 0 else 0.0 for m in sources]
+        pairs = list(zip(windows, sources, strict=True))
+        if cfg.event_time:
+            clocks = [m.timestamp if m.timestamp >= 0 else (w.end or 0) for w, m in pairs]
+            latency = [0.0] * len(pairs)
+        else:
+            now = self.now_ms()
+            clocks = [now] * len(pairs)
+            latency = [float(now - m.timestamp) if m.timestamp >= 0 else 0.0 for m in sources]
         ids: list[str | int] = [
-            w.window_id if w.window_id is not None else f"{m.topic}/{m.partition}/{m.offset}"
-            for w, m in zip(windows, sources, strict=True)
+            w.window_id if w.window_id is not None else default_window_id(m.topic, m.partition, m.offset)
+            for w, m in pairs
         ]
-        outputs = scorer.records(windows, scores, ids, [scored_at] * len(windows), latency)
+        outputs = scorer.records(windows, scores, ids, clocks, latency)
         flagged = int(scores.flag.sum())
         self.observer.scored(len(windows), flagged, seconds, latency)
         self.log.debug("batch scored", windows=len(windows), flagged=flagged, dead_letters=len(dead))

@@ -24,24 +24,21 @@ from typing import Any
 
 import click
 from kafka import KafkaConsumer
-from kafka import errors as kerr
 
-from detector.codec import encode_json, parse_json
-from detector.errors import ConfigError, DetectorError, WindowError
+from detector.codec import encode_json, parse_json_object
+from detector.errors import ConfigError
 from detector.settings import Settings
 from detector.tools.clients import (
+    Problems,
     StaleTail,
-    StopFlag,
-    assign_topic,
-    close_quietly,
-    in_time_order,
-    make_consumer,
+    errors_as,
+    poll_in_order,
     printable,
     printable_json,
+    reading_topic,
 )
 
 POLL_S = 0.2
-SHOWN_PROBLEMS = 20  # malformed records reported one by one; the rest only counted
 SHORT_VERSION = 8  # hex digits of model_version shown to people
 SHOWN_CHARS = 300  # of a series or window id (the daemon's are at most 256) and of a reason a record was skipped
 REMEMBERED_RAISES = 100_000  # series whose RAISED was shown and whose CLEARED is awaited; the oldest go first
@@ -66,26 +63,13 @@ class Alert:
     record: dict[str, Any] = field(repr=False)
 
 
+@errors_as(NotAnAlert)
 def parse(value: bytes | None, timestamp: int) -> Alert | None:
     """A record value -> an Alert, or None for a scored window that is not flagged; NotAnAlert for anything
     else, whatever decoding it raised (nesting too deep for the decoder, numbers too large for a float)."""
-    try:
-        return _parse(value, timestamp)
-    except NotAnAlert:
-        raise
-    except Exception as err:  # the value's fault, not ours: one record never stops the tool
-        raise NotAnAlert(f"{type(err).__name__}: {err}") from None
-
-
-def _parse(value: bytes | None, timestamp: int) -> Alert | None:
     if value is None:
         raise NotAnAlert("empty value")
-    try:
-        obj = parse_json(value)
-    except WindowError as err:
-        raise NotAnAlert(f"{err.reason}: {err.detail}") from None
-    if not isinstance(obj, dict):
-        raise NotAnAlert(f"a JSON {type(obj).__name__}, not an object")
+    obj = parse_json_object(value)
     sid = obj.get("series_id")
     if not isinstance(sid, str) or not sid:
         raise NotAnAlert("no series_id")
@@ -205,30 +189,23 @@ def follow(
     ``idle_timeout_s`` went by without a record (None: never) or ``stopping()``. ``stale`` drops an
     embedded broker's stale tail after a seek to the end."""
     result = FollowResult(topic)
+    malformed = Problems(warn, "further malformed records are only counted")
     start = last = time.monotonic()
     while not stopping() and (max_alerts is None or result.shown < max_alerts):
         if idle_timeout_s is not None and time.monotonic() - last >= idle_timeout_s:
             break
-        try:
-            batches = consumer.poll(timeout_ms=int(POLL_S * 1000))
-        except kerr.KafkaError as err:
-            raise DetectorError(f"alerts {topic}: {type(err).__name__}: {err}") from None
-        records = in_time_order(batches)
+        records = poll_in_order(consumer, f"alerts {topic}", POLL_S)
         if records:
             last = time.monotonic()
         if stale is not None:
-            stale.after_poll(list(consumer.assignment()))
-            records = [r for r in records if not stale.stale(r)]
+            records = stale.fresh(records)
         for r in records:
             try:
                 alert = parse(r.value, r.timestamp)
             except NotAnAlert as err:
                 result.malformed += 1
-                if result.malformed <= SHOWN_PROBLEMS:
-                    reason = printable(str(err), SHOWN_CHARS)
-                    warn(f"skipped a malformed record at {r.topic}/{r.partition}@{r.offset}: {reason}")
-                elif result.malformed == SHOWN_PROBLEMS + 1:
-                    warn("further malformed records are only counted")
+                reason = printable(str(err), SHOWN_CHARS)
+                malformed(f"skipped a malformed record at {r.topic}/{r.partition}@{r.offset}: {reason}")
                 continue
             if alert is None or not accept(alert):
                 continue
@@ -262,26 +239,19 @@ def run(
     def show(alert: Alert) -> None:
         say(json_line(alert) if as_json else human_line(alert, colour))
 
-    since_ms = int(time.time() * 1000)
-    consumer = make_consumer(settings, "alerts")
-    stop = StopFlag()
-    try:
-        with stop.installed():
-            tps = assign_topic(
-                consumer, topic, from_end=not from_beginning, wait_s=idle_timeout_s, stopping=stop, on_wait=warn
-            )
-            if tps is None:
-                return FollowResult(topic)
-            return follow(
-                consumer,
-                topic,
-                show,
-                accept=AlertFilter(min_probability, series),
-                max_alerts=max_alerts,
-                idle_timeout_s=idle_timeout_s,
-                stale=None if from_beginning else StaleTail(consumer, since_ms),
-                stopping=stop,
-                warn=warn,
-            )
-    finally:
-        close_quietly(consumer)
+    with reading_topic(
+        settings, "alerts", topic, from_end=not from_beginning, wait_s=idle_timeout_s, on_wait=warn
+    ) as reading:
+        if reading is None:
+            return FollowResult(topic)
+        return follow(
+            reading.consumer,
+            topic,
+            show,
+            accept=AlertFilter(min_probability, series),
+            max_alerts=max_alerts,
+            idle_timeout_s=idle_timeout_s,
+            stale=reading.stale,
+            stopping=reading.stopping,
+            warn=warn,
+        )

@@ -23,26 +23,23 @@ from typing import IO, Any
 
 import numpy as np
 from kafka import KafkaConsumer
-from kafka import errors as kerr
 
-from detector.codec import F32_CONTENT_TYPE, JSON_CONTENT_TYPES, encode_json, parse_json
-from detector.errors import DataError, DetectorError, WindowError
+from detector.codec import F32_CONTENT_TYPE, JSON_CONTENT_TYPES, encode_json, parse_json_object
+from detector.errors import DataError, WindowError
 from detector.recordings import replacing
 from detector.serve.decode import content_type, header
 from detector.settings import Settings
 from detector.tools.clients import (
+    Problems,
     StaleTail,
-    StopFlag,
-    assign_topic,
-    close_quietly,
-    in_time_order,
-    make_consumer,
+    errors_as,
+    poll_in_order,
     printable,
+    reading_topic,
 )
 
 POLL_S = 0.2
 POLL_RECORDS = 5000
-SHOWN_PROBLEMS = 20  # skipped records reported one by one; the rest only counted
 SHOWN_CHARS = 300  # of the reason a record was skipped
 F32_FIELDS = ("series_id", "window_id", "start", "step_ms")
 
@@ -76,18 +73,10 @@ def _f32_window(value: bytes, headers: list[tuple[str, bytes]], features: int | 
     return window
 
 
+@errors_as(RecordError)
 def to_line(value: bytes | None, headers: list[tuple[str, bytes]], timestamp: int, features: int | None) -> bytes:
     """One consumed record -> one recording line (no newline); RecordError with the reason otherwise,
     whatever decoding the record raised (e.g. RecursionError for JSON nested too deep)."""
-    try:
-        return _to_line(value, headers, timestamp, features)
-    except RecordError:
-        raise
-    except Exception as err:  # the record's fault, not ours: one record never stops the capture
-        raise RecordError(f"{type(err).__name__}: {err}") from None
-
-
-def _to_line(value: bytes | None, headers: list[tuple[str, bytes]], timestamp: int, features: int | None) -> bytes:
     if value is None:
         raise RecordError("empty value (a tombstone)")
     try:
@@ -97,12 +86,7 @@ def _to_line(value: bytes | None, headers: list[tuple[str, bytes]], timestamp: i
     if kind == F32_CONTENT_TYPE:
         obj = _f32_window(value, headers, features)
     elif kind in JSON_CONTENT_TYPES:
-        try:
-            obj = parse_json(value)
-        except WindowError as err:
-            raise RecordError(f"{err.reason}: {err.detail}") from None
-        if not isinstance(obj, dict):
-            raise RecordError(f"not_object: a JSON {type(obj).__name__}, not an object")
+        obj = parse_json_object(value)
     else:
         raise RecordError(f"unknown content-type {kind!r}")
     obj["_ts"] = timestamp
@@ -143,6 +127,7 @@ def capture(
     (None: no idle limit) or ``stopping()``; flushed after every poll. ``stale`` drops an embedded
     broker's stale tail after a seek to the end."""
     start = last = time.monotonic()
+    skipped = Problems(warn, "further skipped records are only counted")
     noted_flat = False
     try:
         while True:
@@ -156,26 +141,18 @@ def capture(
                 result.ended_by = "idle"
                 break
             room = POLL_RECORDS if max_records is None else min(POLL_RECORDS, max_records - result.written)
-            try:
-                batches = consumer.poll(timeout_ms=int(POLL_S * 1000), max_records=room)
-            except kerr.KafkaError as err:
-                raise DetectorError(f"record {result.topic}: {type(err).__name__}: {err}") from None
-            records = in_time_order(batches)
+            records = poll_in_order(consumer, f"record {result.topic}", POLL_S, max_records=room)
             if records:
                 last = time.monotonic()
             if stale is not None:
-                stale.after_poll(list(consumer.assignment()))
-                records = [r for r in records if not stale.stale(r)]
+                records = stale.fresh(records)
             for r in records:
                 headers = list(r.headers or [])
                 try:
                     line = to_line(r.value, headers, r.timestamp, features)
                 except RecordError as err:
                     result.skipped += 1
-                    if result.skipped <= SHOWN_PROBLEMS:
-                        warn(f"{r.topic}/{r.partition}@{r.offset}: {printable(str(err), SHOWN_CHARS)} (skipped)")
-                    elif result.skipped == SHOWN_PROBLEMS + 1:
-                        warn("further skipped records are only counted")
+                    skipped(f"{r.topic}/{r.partition}@{r.offset}: {printable(str(err), SHOWN_CHARS)} (skipped)")
                     continue
                 if features is None and not noted_flat and content_type(headers) == F32_CONTENT_TYPE:
                     noted_flat = True
@@ -204,29 +181,25 @@ def run(
     when the capture ends (limit or signal) and left as it was when it fails or is stopped before the topic
     is assigned."""
     result = RecordResult(topic, out_path)
-    since_ms = int(time.time() * 1000)
-    consumer = make_consumer(settings, "record")
-    stop = StopFlag()
     try:
-        with stop.installed():
-            tps = assign_topic(consumer, topic, from_end=from_now, wait_s=idle_timeout_s, stopping=stop, on_wait=warn)
-            if tps is None:
+        with reading_topic(
+            settings, "record", topic, from_end=from_now, wait_s=idle_timeout_s, on_wait=warn
+        ) as reading:
+            if reading is None:
                 result.ended_by = "signal"
                 return result
-            result.partitions = len(tps)
+            result.partitions = len(reading.partitions)
             with replacing(out_path) as out:
                 return capture(
-                    consumer,
+                    reading.consumer,
                     out,
                     result,
                     max_records=max_records,
                     idle_timeout_s=idle_timeout_s,
                     features=features,
-                    stale=StaleTail(consumer, since_ms) if from_now else None,
-                    stopping=stop,
+                    stale=reading.stale,
+                    stopping=reading.stopping,
                     warn=warn,
                 )
     except OSError as err:  # writing the file (a full disk): the old recording is still there
         raise DataError(f"{out_path}: cannot write ({err.strerror})") from None
-    finally:
-        close_quietly(consumer)

@@ -31,15 +31,15 @@ from kafka import KafkaProducer
 from kafka import errors as kerr
 from tqdm import tqdm
 
-from detector.codec import encode_f32, encode_json, parse_json, window_from_obj
-from detector.errors import DataError, WindowError
+from detector.codec import encode_f32, encode_json, parse_json_object, window_from_obj
+from detector.errors import DataError
+from detector.processes import StopSignals
 from detector.recordings import iter_lines
 from detector.settings import Settings
-from detector.tools.clients import StopFlag, close_quietly, make_producer, printable
+from detector.tools.clients import Problems, close_quietly, errors_as, make_producer, printable
 
 Codec = Literal["json", "f32"]
 FLUSH_TIMEOUT_S = 60.0
-SHOWN_PROBLEMS = 20  # lines reported one by one; the rest only counted
 SHOWN_CHARS = 500  # of a problem reported (recording path, line number, reason)
 SLEEP_SLICE_S = 0.2  # a long pause is slept in slices, so that a signal stops it promptly
 
@@ -87,6 +87,7 @@ def _without_ts(line: bytes, ts: Any) -> bytes | None:
     return None if b'"_ts"' in value else value
 
 
+@errors_as(LineError)
 def to_record(line: bytes, codec: Codec) -> Outgoing:
     """A recording line -> the record to publish; LineError with the reason for a line that cannot be,
     whatever decoding it raised (e.g. RecursionError for JSON nested too deep).
@@ -94,15 +95,6 @@ def to_record(line: bytes, codec: Codec) -> Outgoing:
     JSON lines are published as given (the bytes of the line) when they hold no ``_ts``; a trailing
     ``_ts`` is cut from the bytes; elsewhere the object is re-encoded without it.
     """
-    try:
-        return _to_record(line, codec)
-    except LineError:
-        raise
-    except Exception as err:  # the line's fault, not ours: one line never stops the replay
-        raise LineError(f"{type(err).__name__}: {err}") from None
-
-
-def _to_record(line: bytes, codec: Codec) -> Outgoing:
     if codec == "json":
         try:
             head = _head.decode(line)
@@ -118,12 +110,7 @@ def _to_record(line: bytes, codec: Codec) -> Outgoing:
             value = _without_ts(line, head.ts)
             if value is not None:
                 return Outgoing(key, value, [], ts)
-    try:
-        obj = parse_json(line)
-    except WindowError as err:
-        raise LineError(f"{err.reason}: {err.detail}") from None
-    if not isinstance(obj, dict):
-        raise LineError(f"not_object: a line must be a JSON object, got {type(obj).__name__}")
+    obj = parse_json_object(line)
     ts = obj.get("_ts")
     if not _valid_ts(ts):
         raise LineError(f"bad_field: _ts must be epoch milliseconds, got {ts!r}")
@@ -131,10 +118,7 @@ def _to_record(line: bytes, codec: Codec) -> Outgoing:
     key = sid.encode() if isinstance(sid, str) and sid else None
     body = {k: v for k, v in obj.items() if k != "_ts"}
     if codec == "f32":
-        try:
-            window_from_obj(body)
-        except WindowError as err:
-            raise LineError(f"{err.reason}: {err.detail}") from None
+        window_from_obj(body)  # its WindowError names the reason
         value, headers = encode_f32(body)
         return Outgoing(key, value, headers, None if ts is None else int(ts))
     value = line if "_ts" not in obj else encode_json(body)
@@ -247,22 +231,18 @@ def publish(
     flush_timeout_s: float = FLUSH_TIMEOUT_S,
 ) -> ReplayResult:
     """Publish every line of ``path`` to ``topic``, then wait up to ``flush_timeout_s`` for the broker's
-    answers; ``warn`` hears each skipped or undelivered line (the first ``SHOWN_PROBLEMS``). Stops early,
-    waiting the same for what was sent, when ``stopping()`` turns true or the producer cannot take a
+    answers; ``warn`` hears each skipped or undelivered line (the first ``clients.SHOWN_PROBLEMS``). Stops
+    early, waiting the same for what was sent, when ``stopping()`` turns true or the producer cannot take a
     record within its blocking limit. Never raises for what a line holds or what the broker answers: the
     result counts every record (see ReplayResult)."""
     pacer = pacer or Pacer()
     result = ReplayResult(topic)
     tally = _Tally()
-    sent = shown = 0
+    sent = 0
+    problems = Problems(warn, "further problems are only counted")
 
     def problem(text: str) -> None:
-        nonlocal shown
-        shown += 1
-        if shown <= SHOWN_PROBLEMS:
-            warn(printable(text, SHOWN_CHARS))
-        elif shown == SHOWN_PROBLEMS + 1:
-            warn("further problems are only counted")
+        problems(printable(text, SHOWN_CHARS))
 
     start = time.monotonic()
     for number, line in iter_lines(path):
@@ -339,10 +319,9 @@ def run(
     tty = sys.stderr.isatty()
     total = _count_lines(path) if tty else None
     producer = make_producer(settings, "replay")
-    stop = StopFlag()
     try:
         with (
-            stop.installed(),
+            StopSignals(exit_on_second=False) as stop,
             tqdm(total=total, unit="win", desc=f"-> {topic}", disable=not tty, leave=False) as bar,
         ):
             return publish(

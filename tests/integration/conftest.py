@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import re
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from detector.broker import EmbeddedBroker
+from detector.broker import EmbeddedBroker, free_port
 from detector.cli import main
 from tests.integration.kafka_helpers import (
     AdvertisedBroker,
@@ -33,12 +32,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
@@ -56,16 +49,22 @@ def topics(broker: EmbeddedBroker, request: pytest.FixtureRequest) -> Topics:
     return made
 
 
+def train_small_model(folder: Path, data_seed: int, *train_args: str) -> Path:
+    """``folder/model.ckpt``: a small model trained for one epoch by `detector train` (with ``train_args``)
+    on a recording of F=4, T=64 windows that `detector generate` made with ``data_seed``."""
+    data, model, config = folder / "train.jsonl", folder / "model.ckpt", folder / "small.yaml"
+    assert main(["generate", "--out", str(data), "--seed", str(data_seed), "--series", "4", "--windows", "30",
+                 "--features", str(F), "--length", str(T)]) == 0  # fmt: skip
+    config.write_text("train:\n  steps_per_epoch: 3\n  batch_size: 32\n  network:\n    hidden_size: 16\n")
+    assert main(["train", "--data", str(data), "--out", str(model), "--epochs", "1", "--config", str(config),
+                 *train_args]) == 0  # fmt: skip
+    return model
+
+
 @pytest.fixture(scope="session")
 def model_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small model trained by `detector train` on a generated recording of F=4, T=64 windows."""
-    d = tmp_path_factory.mktemp("model")
-    data, model, config = d / "train.jsonl", d / "model.ckpt", d / "small.yaml"
-    assert main(["generate", "--out", str(data), "--seed", "7", "--series", "4", "--windows", "30",
-                 "--features", str(F), "--length", str(T)]) == 0  # fmt: skip
-    config.write_text("train:\n  steps_per_epoch: 3\n  batch_size: 32\n  network:\n    hidden_size: 16\n")
-    assert main(["train", "--data", str(data), "--out", str(model), "--epochs", "1", "--config", str(config)]) == 0
-    return model
+    return train_small_model(tmp_path_factory.mktemp("model"), 7)
 
 
 @pytest.fixture

@@ -6,22 +6,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from detector.broker import CLIENT_ENV, EmbeddedBroker
-from detector.settings import load_settings
+from detector.broker import CLIENT_SETTINGS, EmbeddedBroker
+from detector.processes import json_log, stop_process
+from detector.settings import load_settings, settings_env
 from detector.tools import clients
 
 PARTITIONS = 4
@@ -44,16 +44,7 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int = PARTIT
 
 def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> int:
     """Produce (key, value, headers) records with a batching kafka-python producer; returns the count."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024, acks="all")
-    n = 0
-    try:
-        for key, value, headers in records:
-            producer.send(topic, key=key, value=value, headers=headers)
-            n += 1
-        producer.flush(60)
-    finally:
-        producer.close(10)
-    return n
+    return produce_to(bootstrap, topic, ((None, key, value, headers) for key, value, headers in records))
 
 
 @dataclass(frozen=True)
@@ -109,27 +100,43 @@ class TopicReader:
 
 
 def serve_env(bootstrap: str, topics: Topics, checkpoint: Path, **extra: str) -> dict[str, str]:
-    """The daemon's whole configuration, as DETECTOR_* variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
-    env.update(
-        {
-            "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-            "DETECTOR_KAFKA__INPUT_TOPIC": topics.input,
-            "DETECTOR_KAFKA__OUTPUT_TOPIC": topics.output,
-            "DETECTOR_KAFKA__DLQ_TOPIC": topics.dlq,
-            "DETECTOR_KAFKA__GROUP_ID": topics.group,
-            "DETECTOR_KAFKA__ALERT_TOPIC": topics.alerts,
-            **CLIENT_ENV,
-            "DETECTOR_MODEL__CHECKPOINT": str(checkpoint),
-            "DETECTOR_MODEL__DEVICE": "cpu",
-            "DETECTOR_MODEL__UNCALIBRATED": "warn",  # the tests serve models straight from `detector train`
-            "DETECTOR_LOG__FORMAT": "json",
-            "DETECTOR_HTTP__HOST": "127.0.0.1",
-            "DETECTOR_HTTP__PORT": "0",  # any free port: `Daemon.url` reads the one chosen from the log
-            **extra,
-        }
+    """The daemon's whole configuration, as DETECTOR_* variables; ``extra`` DETECTOR_* variables added last."""
+    env = settings_env(
+        os.environ,
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "input_topic": topics.input,
+            "output_topic": topics.output,
+            "dlq_topic": topics.dlq,
+            "group_id": topics.group,
+            "alert_topic": topics.alerts,
+            **CLIENT_SETTINGS,
+        },
+        # the tests serve models straight from `detector train`
+        model={"checkpoint": checkpoint, "device": "cpu", "uncalibrated": "warn"},
+        log={"format": "json"},
+        http={"host": "127.0.0.1", "port": 0},  # any free port: `Daemon.url` reads the one chosen from the log
     )
-    return env
+    return {**env, **extra}
+
+
+@contextlib.contextmanager
+def cli_child(*argv: str, env: dict[str, str] | None = None, text: bool = False) -> Iterator[subprocess.Popen]:
+    """``detector *argv`` as a child process with its stdout and stderr piped; killed on the way out when it
+    is still running (a test that failed midway)."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "detector.cli", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=text,
+    )
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
 
 
 class Daemon:
@@ -151,15 +158,7 @@ class Daemon:
         return self.process.poll() is None
 
     def logs(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict):
-                lines.append(entry)
-        return lines
+        return json_log(self.log_path)
 
     def wait_for_log(self, event: str, timeout_s: float, count: int = 1) -> dict[str, Any]:
         """The ``count``-th log line with this event; fails when the daemon exits or time runs out."""
@@ -181,8 +180,10 @@ class Daemon:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
     def terminate(self, timeout_s: float) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.wait(timeout_s)
+        """SIGTERM; the exit code (SIGKILL, and -9, when it has not exited within ``timeout_s``)."""
+        code = stop_process(self.process, timeout_s)
+        self._log.close()
+        return code
 
     def kill(self) -> None:
         if self.alive:
@@ -199,8 +200,11 @@ class Daemon:
 # -- additions for the reliability tests -------------------------------------------------------------------
 
 
-def produce_to(bootstrap: str, topic: str, records: Iterable[tuple[int, bytes | None, bytes | None, list]]) -> int:
-    """Produce (partition, key, value, headers) records, each to the partition it names; returns the count."""
+def produce_to(
+    bootstrap: str, topic: str, records: Iterable[tuple[int | None, bytes | None, bytes | None, list]]
+) -> int:
+    """Produce (partition, key, value, headers) records, each to the partition it names (None: the one the
+    producer's partitioner picks) with a batching kafka-python producer; returns the count."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024, acks="all")
     n = 0
     try:
@@ -217,7 +221,9 @@ def end_offsets(bootstrap: str, topic: str, partitions: int = PARTITIONS, timeou
     """Per partition, the offset the next record produced to it will get: the high watermark of a fetch
     response. (The embedded broker answers a ListOffsets for the latest offset with the base offset of the
     partition's last record batch, so ``KafkaConsumer.end_offsets`` falls short there.)"""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=CLIENT_SETTINGS["fetch_max_wait_ms"]
+    )
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     try:
         consumer.assign(tps)

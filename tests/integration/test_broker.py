@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
-import sys
 import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from detector.broker import EmbeddedBroker, accepts_connections
 from tests.integration.conftest import free_port
+from tests.integration.kafka_helpers import cli_child
 
 
-def _start(port: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "detector.cli", "broker", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _start(port: int) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+    return cli_child("broker", "--host", "127.0.0.1", "--port", str(port), text=True)
 
 
 def test_broker_serves_kafka_clients_and_exits_zero_on_sigterm():
     """The broker accepts a produce and a fetch on its port; SIGTERM stops it and the command exits 0."""
     port = free_port()
-    proc = _start(port)
-    try:
+    with _start(port) as proc:
         deadline = time.monotonic() + 30
         while not accepts_connections("127.0.0.1", port) and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
@@ -46,10 +41,6 @@ def test_broker_serves_kafka_clients_and_exits_zero_on_sigterm():
         assert got == [b"world"]
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert f"broker listening on 127.0.0.1:{port}" in out
     assert not accepts_connections("127.0.0.1", port)
@@ -57,8 +48,7 @@ def test_broker_serves_kafka_clients_and_exits_zero_on_sigterm():
 
 def test_broker_on_a_taken_port_fails_with_one_line():
     """A port already in use is refused up front: one line on stderr and a non-zero exit."""
-    with EmbeddedBroker("127.0.0.1", free_port()) as running:
-        proc = _start(running.port)
+    with EmbeddedBroker("127.0.0.1", free_port()) as running, _start(running.port) as proc:
         _out, err = proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert err.strip().splitlines() == [

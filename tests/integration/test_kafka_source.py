@@ -10,13 +10,13 @@ from collections.abc import Collection
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaTopicPartition
 
-from detector.broker import EmbeddedBroker
+from detector.broker import CLIENT_SETTINGS, EmbeddedBroker
 from detector.serve.kafka_io import KafkaSource, make_consumer
 from detector.serve.messages import Message, TopicPartition
 from detector.settings import load_settings
 from tests.integration.kafka_helpers import Topics, produce
 
-GROUP = {"enable_auto_commit": False, "session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
+GROUP = {"enable_auto_commit": False, **CLIENT_SETTINGS}
 
 
 class Listener:

@@ -18,7 +18,7 @@ from detector.broker import EmbeddedBroker
 from detector.cli import main
 from detector.model import checkpoint
 from detector.ops.metrics import METRIC_NAMES
-from tests.integration.conftest import F, T, free_port
+from tests.integration.conftest import F, T, free_port, train_small_model
 from tests.integration.kafka_helpers import Daemon, TopicReader, Topics, create_topics, produce, read_to_end
 from tests.sample_windows import encode, window
 
@@ -77,14 +77,7 @@ def read_phase(reader: TopicReader, expected: set[str], timeout_s: float = 120) 
 @pytest.fixture(scope="module")
 def second_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another small model of the same shape (a different seed, so a different version)."""
-    d = tmp_path_factory.mktemp("model-b")
-    data, model, config = d / "train.jsonl", d / "b.ckpt", d / "small.yaml"
-    assert main(["generate", "--out", str(data), "--seed", "8", "--series", "4", "--windows", "30",
-                 "--features", str(F), "--length", str(T)]) == 0  # fmt: skip
-    config.write_text("train:\n  steps_per_epoch: 3\n  batch_size: 32\n  network:\n    hidden_size: 16\n")
-    assert main(["train", "--data", str(data), "--out", str(model), "--epochs", "1", "--seed", "5",
-                 "--config", str(config)]) == 0  # fmt: skip
-    return model
+    return train_small_model(tmp_path_factory.mktemp("model-b"), 8, "--seed", "5")
 
 
 def rename_into_place(content: bytes, target: Path) -> None:

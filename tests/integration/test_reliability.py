@@ -195,6 +195,32 @@ def replica_checkpoint(base: Path, tmp_path: Path, name: str) -> tuple[Path, str
     return path, checkpoint.save(labelled, path)
 
 
+def delivers_everything(
+    start_daemon: Callable[..., Daemon], reader: TopicReader, expected: set[str], **extra: str
+) -> None:
+    """A daemon started (again) in the group delivers every window of ``expected`` and then stops with 0."""
+    daemon = start_daemon(**extra)
+    reader.read_until(lambda rs: expected <= window_ids(rs), DRAIN_S)
+    missing = expected - window_ids(reader.records)
+    assert not missing, f"{len(missing)} windows lost, e.g. {sorted(missing)[:5]}:\n{daemon.tail()}"
+    assert daemon.terminate(timeout_s=STOP_BOUND_S) == 0, daemon.tail()
+
+
+def stuck_daemon(
+    refusing_broker: RefusingPath, topics: Topics, start_daemon: Callable[..., Daemon], prefix: str
+) -> tuple[Daemon, set[str]]:
+    """A daemon retrying output that the broker refuses, with a backlog of 75 windows a partition waiting
+    (batches of 16); and the window_ids of that backlog."""
+    bootstrap = refusing_broker.bootstrap_servers
+    create_topics(bootstrap, [topics.input, topics.output, topics.dlq, topics.alerts])
+    records, expected = backlog(prefix, per_partition=75)
+    produce_to(bootstrap, topics.input, records)
+    refusing_broker.refuse_produce("stuck-detector")
+    stuck = start_daemon(bootstrap=bootstrap, DETECTOR_KAFKA__CLIENT_ID="stuck-detector", DETECTOR_BATCH__MAX_SIZE="16")
+    stuck.wait_for_log("output not acknowledged yet; retrying", timeout_s=JOIN_S)
+    return stuck, expected
+
+
 # -- 1. a member joins and another leaves mid-stream --------------------------------------------------------
 
 
@@ -269,11 +295,7 @@ def test_sigterm_with_a_backlog_exits_zero_and_a_restart_delivers_the_rest(
     delivered = window_ids(read_to_end(reader, bootstrap, topics.output, timeout_s=60))
     assert_commits_cover_only_delivered(bootstrap, topics, delivered)
 
-    again = start_daemon()
-    reader.read_until(lambda rs: expected <= window_ids(rs), DRAIN_S)
-    missing = expected - window_ids(reader.records)
-    assert not missing, f"{len(missing)} windows lost, e.g. {sorted(missing)[:5]}:\n{again.tail()}"
-    assert again.terminate(timeout_s=STOP_BOUND_S) == 0, again.tail()
+    delivers_everything(start_daemon, reader, expected)
     assert window_ids(read_to_end(reader, bootstrap, topics.output, timeout_s=60)) == expected
     assert committed_offsets(bootstrap, topics.group, topics.input) == dict.fromkeys(range(PARTITIONS), 150)
     assert end_offsets(bootstrap, topics.input) == dict.fromkeys(range(PARTITIONS), 150)
@@ -286,13 +308,7 @@ def test_a_second_signal_during_the_stop_exits_at_once_and_a_restart_loses_nothi
     with 130 (128 + SIGINT); nothing it did not deliver is committed, and a daemon started again in the group
     delivers every window."""
     bootstrap = refusing_broker.bootstrap_servers
-    create_topics(bootstrap, [topics.input, topics.output, topics.dlq, topics.alerts])
-    records, expected = backlog("ss", per_partition=75)
-    produce_to(bootstrap, topics.input, records)
-    refusing_broker.refuse_produce("stuck-detector")
-
-    stuck = start_daemon(bootstrap=bootstrap, DETECTOR_KAFKA__CLIENT_ID="stuck-detector", DETECTOR_BATCH__MAX_SIZE="16")
-    stuck.wait_for_log("output not acknowledged yet; retrying", timeout_s=JOIN_S)
+    stuck, expected = stuck_daemon(refusing_broker, topics, start_daemon, "ss")
     stuck.process.send_signal(signal.SIGTERM)
     wait_for_entry(stuck, "the stop giving up on the undeliverable output",
                    lambda e: str(e.get("event", "")).startswith("stopping with output unacknowledged"),
@@ -303,11 +319,7 @@ def test_a_second_signal_during_the_stop_exits_at_once_and_a_restart_loses_nothi
     assert read_to_end(reader, bootstrap, topics.output, timeout_s=60) == []
     assert_commits_cover_only_delivered(bootstrap, topics, set())
 
-    again = start_daemon(bootstrap=bootstrap)
-    reader.read_until(lambda rs: expected <= window_ids(rs), DRAIN_S)
-    missing = expected - window_ids(reader.records)
-    assert not missing, f"{len(missing)} windows lost, e.g. {sorted(missing)[:5]}:\n{again.tail()}"
-    assert again.terminate(timeout_s=STOP_BOUND_S) == 0, again.tail()
+    delivers_everything(start_daemon, reader, expected, bootstrap=bootstrap)
     assert committed_offsets(bootstrap, topics.group, topics.input) == end_offsets(bootstrap, topics.input)
 
 
@@ -322,24 +334,14 @@ def test_a_stop_with_undeliverable_output_exits_zero_commits_nothing_and_a_resta
     batches read ahead: it exits 0 within the stop grace plus a margin, delivered nothing and committed
     nothing; a daemon whose output works, in the same group, then delivers every window."""
     bootstrap = refusing_broker.bootstrap_servers
-    create_topics(bootstrap, [topics.input, topics.output, topics.dlq, topics.alerts])
-    records, expected = backlog("ud", per_partition=75)
-    produce_to(bootstrap, topics.input, records)
-    refusing_broker.refuse_produce("stuck-detector")
-
-    stuck = start_daemon(bootstrap=bootstrap, DETECTOR_KAFKA__CLIENT_ID="stuck-detector", DETECTOR_BATCH__MAX_SIZE="16")
-    stuck.wait_for_log("output not acknowledged yet; retrying", timeout_s=JOIN_S)
+    stuck, expected = stuck_daemon(refusing_broker, topics, start_daemon, "ud")
     assert stuck.terminate(timeout_s=STOP_BOUND_S) == 0, stuck.tail()
     reader = TopicReader(bootstrap, topics.output)
     assert read_to_end(reader, bootstrap, topics.output, timeout_s=60) == []
     committed = assert_commits_cover_only_delivered(bootstrap, topics, set())
     assert all(offset in (None, 0) for offset in committed.values()), committed
 
-    working = start_daemon(bootstrap=bootstrap)
-    reader.read_until(lambda rs: expected <= window_ids(rs), DRAIN_S)
-    missing = expected - window_ids(reader.records)
-    assert not missing, f"{len(missing)} windows lost, e.g. {sorted(missing)[:5]}:\n{working.tail()}"
-    assert working.terminate(timeout_s=STOP_BOUND_S) == 0, working.tail()
+    delivers_everything(start_daemon, reader, expected, bootstrap=bootstrap)
     assert committed_offsets(bootstrap, topics.group, topics.input) == dict.fromkeys(range(PARTITIONS), 75)
 
 

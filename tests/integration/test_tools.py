@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,7 +26,7 @@ from detector.tools.alerts import AlertFilter, human_line, parse
 from detector.tools.clients import close_quietly, make_producer
 from detector.tools.replay import Pacer, publish
 from tests.integration.conftest import free_port
-from tests.integration.kafka_helpers import TopicReader, create_topics, produce
+from tests.integration.kafka_helpers import TopicReader, cli_child, create_topics, produce
 
 T, F = 16, 4
 PARAMS = synth.SynthParams(series=3, windows_per_series=10, features=F, length=T)
@@ -66,6 +64,14 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def _assert_one_not_delivered(code: int, out: str, err: str, topic: str, published: int) -> None:
+    """A replay that published ``published`` windows to ``topic`` and failed (exit 1) for one not delivered."""
+    assert code == 1
+    assert out.startswith(f"published {published} windows to {topic} in ")
+    assert "1 not delivered" in out
+    assert err.splitlines()[-1] == f"detector: {topic}: 1 window(s) not delivered"
 
 
 def test_replay_publishes_each_line_keyed_by_series_id_without_ts(broker: EmbeddedBroker, tmp_path: Path, capsys):
@@ -107,11 +113,8 @@ def test_a_record_the_producer_refuses_is_counted_and_fails_the_run(broker: Embe
     recordings.write(rec, [{"series_id": "s", "values": [1.0]}, huge, {"series_id": "s", "values": [2.0]}])
     topic = _topic("huge")
     code, out, err = _run(capsys, "replay", str(rec), "--topic", topic, "--bootstrap-servers", broker.bootstrap_servers)
-    assert code == 1
-    assert "published 2 windows" in out
-    assert "1 not delivered" in out
+    _assert_one_not_delivered(code, out, err, topic, published=2)
     assert f"{rec}:2: not sent: MessageSizeTooLargeError" in err
-    assert err.splitlines()[-1] == f"detector: {topic}: 1 window(s) not delivered"
 
 
 def test_replay_f32_then_record_restores_the_windows(broker: EmbeddedBroker, tmp_path: Path, capsys):
@@ -257,10 +260,7 @@ def test_record_stopped_by_sigint_writes_whole_lines_and_exits_0(broker: Embedde
     out.write_text("an old recording\n")
     argv = ["record", "--topic", topic, "--out", str(out), "--idle-timeout", "0"]
     env = {**os.environ, "DETECTOR_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "detector.cli", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
+    with cli_child(*argv, env=env) as child:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and child.poll() is None:  # all five are in the temporary file
             if sum(len(p.read_bytes().splitlines()) for p in _temporary(out)) == 5:
@@ -269,10 +269,6 @@ def test_record_stopped_by_sigint_writes_whole_lines_and_exits_0(broker: Embedde
         assert out.read_text() == "an old recording\n"
         child.send_signal(signal.SIGINT)
         said, err = child.communicate(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
     assert child.returncode == 0, err
     assert b"recorded 5 records" in said
     assert b"(signal)" in said
@@ -339,12 +335,9 @@ def test_replay_that_cannot_send_says_what_it_published_and_fails(
         code, out, err = _run(
             capsys, "replay", str(rec), "--topic", topic, "--bootstrap-servers", own.bootstrap_servers
         )
-    assert code == 1
-    assert out.startswith(f"published 0 windows to {topic} in ")
-    assert "1 not delivered" in out
+    _assert_one_not_delivered(code, out, err, topic, published=0)
     assert "stopped at line 1, the rest was not sent" in out
     assert f"replay to {topic} stopped at line 1: the producer gave up waiting" in err
-    assert err.splitlines()[-1] == f"detector: {topic}: 1 window(s) not delivered"
 
 
 def test_rate_and_speed_pace_the_replay(broker: EmbeddedBroker, tmp_path: Path, capsys):
