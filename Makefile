@@ -24,6 +24,7 @@ lint: setup
 	$(VENV)/bin/ruff check detector tests bench
 	$(VENV)/bin/ruff format --check detector tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The whole loop end to end: embedded broker, bundled model, serve, a replay with injected events, alerts
 # as they arrive, a summary; finishes by itself in about 2.5 min and leaves no process behind.

@@ -123,7 +123,7 @@ def settings_for(env: dict[str, str]) -> Settings:
 
 def consume_only(settings: Settings, topic: str, n: int) -> tuple[float, list[Message]]:
     """Drain ``n`` records with the daemon's consumer settings (partitions assigned: no group join)."""
-    from detector.serve.kafka_io import make_consumer
+    from detector.kafka_clients import make_consumer
 
     consumer = make_consumer(settings)
     tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -183,7 +183,7 @@ def bf16_agreement(n: int = BF16_WINDOWS) -> tuple[float, int]:
 
 def produce_only(settings: Settings, topic: str, values: list[bytes], keys: list[bytes]) -> float:
     """Send output-sized records with the daemon's producer settings until every one is acknowledged."""
-    from detector.serve.kafka_io import make_producer
+    from detector.kafka_clients import make_producer
 
     producer = make_producer(settings)
     headers = [("content-type", b"application/json")]
@@ -203,8 +203,8 @@ def per_message(settings: Settings, topic: str, out_topic: str, seconds: float =
     """The naive loop, one message at a time, each output acknowledged and each offset committed."""
     from kafka import OffsetAndMetadata
 
+    from detector.kafka_clients import make_consumer, make_producer
     from detector.serve.daemon import load_scorer
-    from detector.serve.kafka_io import make_consumer, make_producer
 
     scorer = load_scorer(settings)
     consumer = make_consumer(settings)
@@ -305,7 +305,7 @@ def passthrough_main() -> None:
     its loop shape (poll -> send -> flush -> commit)."""
     from kafka import OffsetAndMetadata
 
-    from detector.serve.kafka_io import make_consumer, make_producer
+    from detector.kafka_clients import make_consumer, make_producer
 
     settings = load_settings(environ=os.environ)
     consumer, producer = make_consumer(settings), make_producer(settings)

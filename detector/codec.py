@@ -9,6 +9,7 @@ Reason codes (stable): :data:`REASONS`, which docs/reference.md's table repeats 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,6 +294,32 @@ def encode_f32(window: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
         if window.get(key) is not None:
             headers.append((key, str(window[key]).encode()))
     return values.tobytes(), headers
+
+
+# -- Kafka headers: a list of (key, value) pairs, a value possibly null ---------------------------------
+
+CONTENT_TYPE = "content-type"
+
+
+def header(headers: Sequence[tuple[str, bytes | None]], name: str) -> bytes | None:
+    """The last non-null value of header ``name`` (case-insensitive), or None."""
+    found = None
+    for key, value in headers:
+        if value is not None and key.lower() == name:
+            found = value
+    return found
+
+
+def content_type(headers: Sequence[tuple[str, bytes | None]]) -> str:
+    """The media type of the content-type header, lower case without parameters; "" when absent."""
+    raw = header(headers, CONTENT_TYPE)
+    if raw is None:
+        return ""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WindowError("unknown_content_type", "the content-type header is not valid UTF-8") from None
+    return text.split(";", 1)[0].strip().lower()
 
 
 def encode_json(obj: Any) -> bytes:

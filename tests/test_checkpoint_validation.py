@@ -23,9 +23,9 @@ from detector.errors import CheckpointError, CheckpointRejected
 from detector.model import checkpoint
 from detector.model.checkpoint import Checkpoint
 from detector.model.train import train
-from detector.ops.metrics import PrometheusObserver
-from detector.ops.model_check import validated_scorer
-from detector.ops.reload import CheckpointWatcher, ReloadOutcome
+from detector.serve.metrics import PrometheusObserver
+from detector.serve.model_check import validated_scorer
+from detector.serve.reload import CheckpointWatcher, ReloadOutcome
 from detector.settings import ModelSettings
 from tests.conftest import tiny_config
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from detector.errors import ConfigError
-from detector.serve.kafka_io import client_config
+from detector.kafka_clients import client_config
 from detector.settings import Settings, load_settings
 
 # A self-signed EC certificate (CN=detector-test, valid to 2126), its key in clear and encrypted with

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from detector.demo.summary import histogram_quantile, summarise
-from detector.ops.metrics import PrometheusObserver
+from detector.serve.metrics import PrometheusObserver
 
 
 def test_histogram_quantile_interpolates_within_the_bucket() -> None:

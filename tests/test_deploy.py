@@ -27,8 +27,9 @@ from packaging.specifiers import SpecifierSet
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from detector.ops.http import Health, OpsServer
-from detector.ops.metrics import METRIC_NAMES
+from detector.serve.health import Health
+from detector.serve.http import OpsServer
+from detector.serve.metrics import METRIC_NAMES
 from detector.settings import ENV_DELIMITER, ENV_PREFIX, SECRET_FILE_SETTINGS, Settings, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

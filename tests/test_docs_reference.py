@@ -16,7 +16,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
 from detector.cli import cli
-from detector.ops.metrics import PrometheusObserver
+from detector.serve.metrics import PrometheusObserver
 from detector.settings import SECRET_FILE_SETTINGS, Settings, env_name
 
 ROOT = Path(__file__).resolve().parents[1]

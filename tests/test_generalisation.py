@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from detector import synth
+from detector.calibrate import calibrate
 from detector.codec import window_from_obj
-from detector.evaluation import calibrate
 from detector.model.config import TrainConfig
 from detector.model.metrics import binary_metrics
 from detector.model.train import train

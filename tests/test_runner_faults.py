@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from detector.errors import WindowError
 from detector.model import checkpoint
 from detector.model.train import train
-from detector.ops.http import Health
 from detector.scoring import Scorer
 from detector.serve.decode import decode_message
 from detector.serve.dlq import DeadLetterLog, dead_letter
 from detector.serve.fakes import MemorySink, MemorySource, headers_dict
+from detector.serve.health import Health
 from detector.serve.messages import Message, TopicPartition
 from detector.serve.runner import Runner, RunnerConfig
 from tests.conftest import tiny_config
@@ -197,7 +197,7 @@ def test_an_alert_refused_for_good_sends_its_window_to_the_dlq(scorer):
     """An alert record refused for good puts the input window that caused it in the DLQ as output_refused."""
     source, sink = MemorySource(TOPIC, partitions=1), MemorySink(refused_topics={ALERTS})
     fill(source, scorer, 12)
-    from detector.ops.alerts import AlertTracker
+    from detector.alerting import AlertTracker
 
     class Always:
         """Flags every window: the third one raises an alert."""

@@ -16,12 +16,12 @@ import pytest
 import structlog
 import torch
 
-from detector import evaluation
+from detector.calibrate import calibrate
 from detector.cli import main
 from detector.model import checkpoint
 from detector.model.train import train
-from detector.ops.reload import CheckpointWatcher, ReloadOutcome
 from detector.scoring import Scorer
+from detector.serve.reload import CheckpointWatcher, ReloadOutcome
 from tests.conftest import tiny_config
 
 
@@ -84,7 +84,7 @@ def models(small_data, tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("serve-models")
     paths = {"raw": d / "raw.ckpt", "calibrated": d / "calibrated.ckpt"}
     checkpoint.save(raw, paths["raw"])
-    checkpoint.save(evaluation.calibrate(Scorer(raw), small_data, "platt", "0.5"), paths["calibrated"])
+    checkpoint.save(calibrate(Scorer(raw), small_data, "platt", "0.5"), paths["calibrated"])
     return paths
 
 

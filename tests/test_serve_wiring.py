@@ -13,14 +13,14 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from detector.alerting import AlertTracker
 from detector.model import checkpoint
-from detector.ops.alerts import AlertTracker
-from detector.ops.http import Health
-from detector.ops.metrics import METRIC_NAMES, PrometheusObserver
 from detector.scoring import Scorer
 from detector.serve.daemon import _log_model, load_scorer
 from detector.serve.fakes import MemorySink, MemorySource
+from detector.serve.health import Health
 from detector.serve.messages import TopicPartition
+from detector.serve.metrics import METRIC_NAMES, PrometheusObserver
 from detector.serve.runner import Runner
 from detector.settings import load_settings
 from tests.test_serve_runner import OUT, TOPIC, config, fill, window

@@ -133,10 +133,11 @@ def train(data: Path, out: Path, inject: bool, epochs: int | None, seed: int | N
 @config_option
 def calibrate(ckpt_path: Path, data: Path, method: str, rule: str, out: Path, config: Path | None) -> None:
     """Fit a calibrator and a threshold rule on held-out labelled data into a new checkpoint."""
-    from detector import evaluation, recordings
+    from detector import calibrate as calibration
+    from detector import recordings
     from detector.model import checkpoint
     from detector.model.thresholds import parse_rule
-    from detector.ops.model_check import build_scorer
+    from detector.serve.model_check import build_scorer
 
     try:
         parse_rule(rule)
@@ -145,7 +146,7 @@ def calibrate(ckpt_path: Path, data: Path, method: str, rule: str, out: Path, co
     ckpt = checkpoint.load(ckpt_path)
     windows = recordings.load(data, shape=(ckpt.window_length, ckpt.n_features), need_labels=True)
     try:
-        calibrated = evaluation.calibrate(build_scorer(ckpt, read_settings(config).model), windows, method, rule)
+        calibrated = calibration.calibrate(build_scorer(ckpt, read_settings(config).model), windows, method, rule)
     except ValueError as err:
         raise DataError(f"{data}: {err}") from None
     version = checkpoint.save(calibrated, out)
@@ -162,7 +163,7 @@ def evaluate(ckpt_path: Path, data: Path, out: Path, config: Path | None) -> Non
     """Write metrics.json (precision, recall, F1, AUPRC, ECE, Brier) and PNG plots into a folder."""
     from detector import evaluation, recordings
     from detector.model import checkpoint
-    from detector.ops.model_check import build_scorer
+    from detector.serve.model_check import build_scorer
 
     ckpt = checkpoint.load(ckpt_path)
     windows = recordings.load(data, shape=(ckpt.window_length, ckpt.n_features), need_labels=True)

@@ -68,9 +68,9 @@ def replay(
 
     from detector.cpus import available_cpus
     from detector.model import checkpoint
-    from detector.ops.model_check import build_scorer
     from detector.serve.files import score_file
     from detector.serve.logs import configure_logging
+    from detector.serve.model_check import build_scorer
 
     if not offline:
         _replay_to_topic(recording, topic, bootstrap_servers, speed, rate, codec, config, (ckpt_path, out, dlq))

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from detector import evaluation, recordings, synth
+from detector import recordings, synth
+from detector.calibrate import calibrate
 from detector.model import checkpoint
 from detector.model.config import AugmentConfig, NetworkConfig, TrainConfig
 from detector.model.train import train
@@ -60,7 +61,7 @@ def build(out: Path, say: Callable[[str], None] = lambda _: None) -> str:
             v = result.summary["validation"]
             say(f"validation F1 {v['f1']:.3f}, AUPRC {v['auprc']:.3f}; calibrating ({' '.join(CALIBRATION)})")
             held_out = recordings.load(calib_path, shape=(LENGTH, FEATURES), need_labels=True)
-            calibrated = evaluation.calibrate(Scorer(result.checkpoint), held_out, *CALIBRATION)
+            calibrated = calibrate(Scorer(result.checkpoint), held_out, *CALIBRATION)
     finally:
         torch.set_num_threads(threads)
     return checkpoint.save(calibrated, out)

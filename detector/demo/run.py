@@ -28,8 +28,8 @@ from kafka import TopicPartition
 
 from detector import recordings, synth
 from detector.broker import CLIENT_SETTINGS, EmbeddedBroker, accepts_connections, free_port
-from detector.demo.daemon import ServeProcess
 from detector.demo.model import build, bundled_path
+from detector.demo.serve_process import ServeProcess
 from detector.demo.summary import DemoSummary, summarise
 from detector.errors import CheckpointError, DataError, DetectorError
 from detector.model import checkpoint

@@ -21,18 +21,20 @@ import structlog
 import torch
 
 from detector import __version__
+from detector.alerting import AlertTracker
 from detector.cpus import available_cpus
 from detector.errors import CheckpointError, ConfigError
+from detector.kafka_clients import connect, make_producer
 from detector.model import checkpoint
-from detector.ops.alerts import AlertTracker
-from detector.ops.http import Health, OpsServer
-from detector.ops.metrics import PrometheusObserver
-from detector.ops.model_check import validated_scorer
-from detector.ops.reload import CheckpointWatcher, ReloadOutcome
 from detector.processes import StopSignals
 from detector.scoring import Scorer, resolve_device
-from detector.serve.kafka_io import KafkaSink, KafkaSource, connect, make_producer
+from detector.serve.health import Health
+from detector.serve.http import OpsServer
+from detector.serve.kafka_io import KafkaSink, KafkaSource
 from detector.serve.logs import configure_logging
+from detector.serve.metrics import PrometheusObserver
+from detector.serve.model_check import validated_scorer
+from detector.serve.reload import CheckpointWatcher, ReloadOutcome
 from detector.serve.runner import Runner, RunnerConfig
 from detector.settings import Settings, masked, security_warnings
 

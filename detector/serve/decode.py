@@ -9,34 +9,18 @@ Whatever a message holds, decoding it raises nothing but WindowError: a fault no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from detector.codec import F32_CONTENT_TYPE, JSON_CONTENT_TYPES, Window, decode_f32, decode_json, parse_json
+from detector.codec import (
+    F32_CONTENT_TYPE,
+    JSON_CONTENT_TYPES,
+    Window,
+    content_type,
+    decode_f32,
+    decode_json,
+    header,
+    parse_json,
+)
 from detector.errors import WindowError
 from detector.serve.messages import Message
-
-CONTENT_TYPE = "content-type"
-
-
-def header(headers: Sequence[tuple[str, bytes | None]], name: str) -> bytes | None:
-    """The last non-null value of header ``name`` (case-insensitive), or None."""
-    found = None
-    for key, value in headers:
-        if value is not None and key.lower() == name:
-            found = value
-    return found
-
-
-def content_type(headers: Sequence[tuple[str, bytes | None]]) -> str:
-    """The media type of the content-type header, lower case without parameters; "" when absent."""
-    raw = header(headers, CONTENT_TYPE)
-    if raw is None:
-        return ""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise WindowError("unknown_content_type", "the content-type header is not valid UTF-8") from None
-    return text.split(";", 1)[0].strip().lower()
 
 
 def decode_message(message: Message, shape: tuple[int, int], max_bytes: int) -> Window:

@@ -27,11 +27,10 @@ from typing import IO
 
 import msgspec
 
-from detector.codec import encode_json
+from detector.codec import encode_json, header
 from detector.errors import DataError
 from detector.recordings import iter_lines
 from detector.scoring import Scorer, chunk_pool
-from detector.serve.decode import header
 from detector.serve.messages import FlushResult, Message, OutRecord, PartitionListener, TopicPartition
 from detector.serve.observer import Counters, CountingObserver
 from detector.serve.runner import Runner, RunnerConfig

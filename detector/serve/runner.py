@@ -66,14 +66,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
+from detector.alerting import AlertTracker
 from detector.codec import Window, default_window_id, encode_json
 from detector.errors import WindowError
-from detector.ops.alerts import AlertTracker
-from detector.ops.http import Health
 from detector.scoring import Scorer, Scores
 from detector.serve.checkpointing import CommitTracker
 from detector.serve.decode import decode_message, series_id_hint
 from detector.serve.dlq import DeadLetterLog, dead_letter
+from detector.serve.health import Health
 from detector.serve.messages import (
     CommitError,
     Failure,

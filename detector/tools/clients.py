@@ -1,5 +1,5 @@
 """Kafka clients for the tools, built from the daemon's settings (connection and security shared with
-``detector.serve.kafka_io``), plus what every tool needs: reading a whole topic without a consumer group
+``detector.kafka_clients``), plus what every tool needs: reading a whole topic without a consumer group
 until SIGINT/SIGTERM asks it to stop, polling it in time order, turning whatever one bad record or line
 raises into that input's own error and reporting the first few, and making text that came off a topic or
 out of a file safe to print on a terminal.
@@ -21,8 +21,8 @@ from kafka import errors as kerr
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from detector.errors import ConfigError, DetectorError, WindowError
+from detector.kafka_clients import BATCH_BYTES, client_config
 from detector.processes import StopSignals
-from detector.serve.kafka_io import BATCH_BYTES, client_config
 from detector.settings import Settings
 
 LINGER_MS = 10  # a replay is bulk: a little more batching than the daemon's 5 ms

@@ -24,10 +24,9 @@ from typing import IO, Any
 import numpy as np
 from kafka import KafkaConsumer
 
-from detector.codec import F32_CONTENT_TYPE, JSON_CONTENT_TYPES, encode_json, parse_json_object
+from detector.codec import F32_CONTENT_TYPE, JSON_CONTENT_TYPES, content_type, encode_json, header, parse_json_object
 from detector.errors import DataError, WindowError
 from detector.recordings import replacing
-from detector.serve.decode import content_type, header
 from detector.settings import Settings
 from detector.tools.clients import (
     Problems,

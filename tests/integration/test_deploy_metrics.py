@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 from detector.broker import EmbeddedBroker
-from detector.ops.metrics import METRIC_NAMES
+from detector.serve.metrics import METRIC_NAMES
 from tests.integration.conftest import F, T, free_port
 from tests.integration.kafka_helpers import Daemon, Topics, produce
 from tests.sample_windows import encode, window

@@ -11,7 +11,8 @@ from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaTopicPartition
 
 from detector.broker import CLIENT_SETTINGS, EmbeddedBroker
-from detector.serve.kafka_io import KafkaSource, make_consumer
+from detector.kafka_clients import make_consumer
+from detector.serve.kafka_io import KafkaSource
 from detector.serve.messages import Message, TopicPartition
 from detector.settings import load_settings
 from tests.integration.kafka_helpers import Topics, produce

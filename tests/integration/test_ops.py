@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from detector.broker import EmbeddedBroker
 from detector.cli import main
 from detector.model import checkpoint
-from detector.ops.metrics import METRIC_NAMES
+from detector.serve.metrics import METRIC_NAMES
 from tests.integration.conftest import F, T, free_port, train_small_model
 from tests.integration.kafka_helpers import Daemon, TopicReader, Topics, create_topics, produce, read_to_end
 from tests.sample_windows import encode, window

@@ -109,7 +109,7 @@ def validated_scorer(
             f"{name}: uncalibrated checkpoint (its threshold is a placeholder): run `detector calibrate` on it, "
             "or set model.uncalibrated=warn (DETECTOR_MODEL__UNCALIBRATED=warn) to serve it anyway",
         )
-    structlog.get_logger("detector.ops.model_check").warning(
+    structlog.get_logger("detector.serve.model_check").warning(
         "serving an uncalibrated checkpoint (model.uncalibrated=warn): its probabilities are not calibrated "
         "and its threshold is a placeholder; run `detector calibrate` on it",
         checkpoint=name,

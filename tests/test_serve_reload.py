@@ -17,10 +17,10 @@ from structlog.testing import capture_logs
 from detector.model import checkpoint
 from detector.model.checkpoint import Checkpoint
 from detector.model.train import train
-from detector.ops.metrics import PrometheusObserver
-from detector.ops.model_check import probe_batch
-from detector.ops.reload import CheckpointWatcher, ReloadOutcome
 from detector.scoring import Scorer
+from detector.serve.metrics import PrometheusObserver
+from detector.serve.model_check import probe_batch
+from detector.serve.reload import CheckpointWatcher, ReloadOutcome
 from detector.settings import ModelSettings
 from tests.conftest import tiny_config
 

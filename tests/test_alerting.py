@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detector.alerting import AlertTracker
 from detector.codec import encode_json
-from detector.ops.alerts import AlertTracker
 
 
 def rec(series: str, i: int, flag: bool | int, *, start: int | None = -1, **extra: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ How the loop is meant to call it:
   ``CheckpointWatcher``'s ``on_result``; ``set_consumer_lag({tp: lag})`` every few seconds with the lag of
   every partition currently assigned (partitions left out are removed); ``alert_transitions(raised,
   cleared)`` after the ``AlertTracker`` has run on a batch.
-- ``registry`` is what ``detector.ops.http.OpsServer`` serves on ``/metrics``.
+- ``registry`` is what ``detector.serve.http.OpsServer`` serves on ``/metrics``.
 
 What a caller may rely on: no method raises (a failure is logged once per method and swallowed), each
 instance has its own ``CollectorRegistry`` (never the global one, so tests can build several), and the
@@ -100,7 +100,7 @@ class PrometheusObserver:
         self._clock = clock
         self._lock = threading.Lock()
         self._failed: set[str] = set()
-        self._log = structlog.get_logger("detector.ops.metrics")
+        self._log = structlog.get_logger("detector.serve.metrics")
         self._pending_latency: tuple[float, list[float]] | None = None  # (scored at, seconds), until batch_done
         self._lag_partitions: set[tuple[str, str]] = set()
         self._model_version: str | None = None

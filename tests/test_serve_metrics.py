@@ -11,8 +11,8 @@ from prometheus_client.samples import Sample
 from structlog.testing import capture_logs
 
 from detector.codec import REASONS
-from detector.ops.metrics import METRIC_NAMES, PrometheusObserver
 from detector.serve.messages import TopicPartition
+from detector.serve.metrics import METRIC_NAMES, PrometheusObserver
 from detector.serve.observer import Observer, SafeObserver
 
 

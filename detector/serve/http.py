@@ -1,19 +1,7 @@
 """``/metrics``, ``/healthz`` and ``/readyz`` on a small HTTP server beside the loop, bounded against slow clients.
 
-How the loop is meant to call it:
-
-- The daemon builds one :class:`Health` and one ``OpsServer(settings.http.host, settings.http.port,
-  metrics.registry, health)``, calls ``start()`` before connecting to the broker and ``close()`` after the
-  runner has returned.
-- Liveness: the runner calls ``health.beat()`` once per loop iteration (top of the ``while`` in
-  ``Runner.run``; it polls at least every ``idle_poll_s``, so an idle loop still beats) and inside its
-  retry loops (e.g. on the ``delivery_retry`` hook); ``connect`` beats while it retries. ``/healthz``
-  answers 503 once no beat has come for ``stale_after_s``.
-- Readiness: ``health.set_broker(True)`` after a successful poll, ``set_broker(False, reason)`` when a poll
-  raises ``SourceError`` (and before the first connection); ``set_group(True)`` from
-  ``Runner.on_assigned`` (even with no partitions: the member has joined), ``set_group(False, reason)``
-  from ``on_lost`` and on close; ``set_model(version)`` once a scorer is loaded and on every swap.
-  ``/readyz`` answers 200 only when all three hold, else 503 with the reasons as plain text.
+``/healthz`` answers from :meth:`Health.liveness <detector.serve.health.Health.liveness>` and ``/readyz``
+from its ``readiness`` (200, else 503 with the reasons as plain text); ``/metrics`` renders the registry.
 
 What a caller may rely on: the server never touches the loop (it only reads ``Health`` and the registry),
 a failing request is answered 500 and logged once, access logs are silent, no client holds more than a
@@ -30,7 +18,6 @@ import functools
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
@@ -39,72 +26,12 @@ import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 
 from detector.errors import ConfigError
+from detector.serve.health import Health
 
 TEXT = "text/plain; charset=utf-8"
 # The classic text format, which every Prometheus version parses (our names are plain ASCII). Spelled out:
 # prometheus_client >= 0.22 names its 1.0.0 format CONTENT_TYPE_LATEST.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class Health:
-    """Liveness (the loop beats) and readiness (broker, group, model, output delivered); safe to share
-    between threads.
-
-    A new ``Health`` counts as alive (its creation is the first beat) and not ready.
-    """
-
-    def __init__(self, stale_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        if stale_after_s <= 0:
-            raise ValueError("stale_after_s must be > 0")
-        self.stale_after_s = stale_after_s
-        self._clock = clock
-        self._last_beat = clock()
-        self._lock = threading.Lock()
-        self._broker: str | None = "broker not connected yet"  # None = fine, else why not
-        self._group: str | None = "consumer group not joined yet"
-        self._model_version: str | None = None
-        self._delivery: str | None = None  # None = output is acknowledged, else why not
-
-    def beat(self) -> None:
-        """The loop made progress. Cheap enough to call on every iteration."""
-        self._last_beat = self._clock()
-
-    def set_broker(self, reachable: bool, reason: str = "") -> None:
-        with self._lock:
-            self._broker = None if reachable else f"broker unreachable{': ' + reason if reason else ''}"
-
-    def set_group(self, joined: bool, reason: str = "") -> None:
-        with self._lock:
-            self._group = None if joined else f"consumer group not joined{': ' + reason if reason else ''}"
-
-    def set_delivery(self, flowing: bool, reason: str = "") -> None:
-        """Whether output is being acknowledged; while it is not (retried), the member is not ready."""
-        with self._lock:
-            self._delivery = None if flowing else f"output delivery stalled{': ' + reason if reason else ''}"
-
-    def set_model(self, version: str | None) -> None:
-        """The version now serving, or None when no model is loaded."""
-        with self._lock:
-            self._model_version = version
-
-    def liveness(self) -> tuple[bool, str]:
-        """(alive, one line): alive while the last beat is at most ``stale_after_s`` old."""
-        age = self._clock() - self._last_beat
-        if age <= self.stale_after_s:
-            return True, f"ok: last progress {age:.1f} s ago"
-        return False, f"stalled: no progress for {age:.1f} s (limit {self.stale_after_s:g} s)"
-
-    def readiness(self) -> tuple[bool, str]:
-        """(ready, one line): ready when the broker is reachable, the group joined, a model loaded and
-        output is not stalled."""
-        with self._lock:
-            reasons = [r for r in (self._broker, self._group, self._delivery) if r is not None]
-            if self._model_version is None:
-                reasons.append("no model loaded")
-            version = self._model_version
-        if reasons:
-            return False, "not ready: " + "; ".join(reasons)
-        return True, f"ready: model {version}"
 
 
 MAX_CONNECTIONS = 64  # open at once; at the limit a new one evicts the longest wait for a request to arrive
@@ -259,7 +186,7 @@ class OpsServer:
         self._open.discard(task)
         error = None if task.cancelled() else task.exception()
         if error is not None:
-            structlog.get_logger("detector.ops.http").error("http connection failed", error=repr(error))
+            structlog.get_logger("detector.serve.http").error("http connection failed", error=repr(error))
         _close(conn, reset=task.cancelled() or error is not None or not task.result())
 
     async def _respond(self, head: bytes) -> bytes:
@@ -291,7 +218,7 @@ class OpsServer:
         except Exception as err:  # only the three endpoints run code that can fail: the set stays small
             if path not in self._failed:
                 self._failed.add(path)
-                structlog.get_logger("detector.ops.http").error("http request failed", path=path, error=repr(err))
+                structlog.get_logger("detector.serve.http").error("http request failed", path=path, error=repr(err))
             status, body, content_type = 500, b"internal error\n", TEXT
         return _response(status, b"" if method == "HEAD" else body, content_type, length=len(body))
 

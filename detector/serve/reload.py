@@ -13,7 +13,7 @@ What a caller may rely on:
   half-written file fails validation and its completed content is tried at the next poll).
 - A cheap ``stat`` check skips unchanged files between polls, but the content hash decides what is new:
   every ``full_check_every`` polls the file is hashed even when its ``stat`` looks unchanged.
-- A new file must pass :func:`detector.ops.model_check.validated_scorer`, the check the first model passed
+- A new file must pass :func:`detector.serve.model_check.validated_scorer`, the check the first model passed
   at start-up, with the serving shape (T, F) expected and the daemon's ``model.uncalibrated`` (under
   ``refuse``, the default, an uncalibrated file is rejected). Only then is it offered to ``take()``;
   ``on_result`` hears ``ok``.
@@ -40,8 +40,8 @@ import structlog
 
 from detector.errors import CheckpointRejected, RejectionStage
 from detector.model import checkpoint
-from detector.ops.model_check import PROBE_SIZE, validated_scorer
 from detector.scoring import Scorer
+from detector.serve.model_check import PROBE_SIZE, validated_scorer
 from detector.settings import ModelSettings
 
 
@@ -85,7 +85,7 @@ class CheckpointWatcher:
         self.on_result = on_result
         self.full_check_every = max(1, full_check_every)
         self.probe_size = probe_size
-        self._log = structlog.get_logger("detector.ops.reload")
+        self._log = structlog.get_logger("detector.serve.reload")
         self._lock = threading.Lock()  # _pending and _serving_version, shared with the loop's take()
         self._poll_lock = threading.Lock()  # one poll at a time
         self._pending: Scorer | None = None

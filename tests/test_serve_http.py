@@ -17,10 +17,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from detector.errors import ConfigError
-from detector.ops.http import Health, OpsServer
-from detector.ops.metrics import METRIC_NAMES, PrometheusObserver
+from detector.serve.health import Health
+from detector.serve.http import OpsServer
 from detector.serve.messages import TopicPartition
-from tests.test_ops_metrics import FakeClock, families, value
+from detector.serve.metrics import METRIC_NAMES, PrometheusObserver
+from tests.test_serve_metrics import FakeClock, families, value
 
 
 def get(url: str) -> tuple[int, str, str]:
