@@ -90,8 +90,8 @@ BF16_WINDOWS = 2000  # windows of the bf16 / fp32 agreement check (demo model)
 
 # Every target this bench checks, by figure; where each is stated. A figure stated as "~N" is checked with 10% slack
 # on N (~1.4x: >= 1.26; ~0.03: <= 0.033); a bound stated as such is checked as stated.
-_ISSUE = "bench/RESULTS.md table (issue 7)"
-_PRECISION = "README.md, Serving (Precision); detector/scoring.py"
+_ISSUE = "bench/RESULTS.md, The serving path (table)"
+_PRECISION = "README.md, Serving (Precision)"
 TARGETS = {
     "e2e_over_serial": Target(">=", 1.0, "", _ISSUE),
     "e2e_over_per_message": Target(">=", 20.0, "", _ISSUE),
@@ -557,9 +557,9 @@ def main() -> None:
 def sample_outputs(settings: Settings, messages: list[Message]) -> list[bytes]:
     """Output records as the daemon writes them (same fields and sizes), for the producer stage."""
     from detector.model import checkpoint
-    from detector.scoring import Scorer
+    from detector.serve.model_check import build_scorer
 
-    scorer = Scorer(checkpoint.load(settings.model.checkpoint))  # type: ignore[arg-type]
+    scorer = build_scorer(checkpoint.load(settings.model.checkpoint), settings.model)  # type: ignore[arg-type]
     windows_ = [decode_json(m.value, (T, F)) for m in messages[:1024]]
     scores = scorer.score(np.stack([w.values for w in windows_]))
     now = time.time_ns() // 1_000_000

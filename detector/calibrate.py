@@ -1,5 +1,5 @@
-"""Calibrating a checkpoint on a labelled recording, through the same Scorer that serves (the caller builds
-it: ``detector.serve.model_check.build_scorer`` from the settings)."""
+"""Calibrating a checkpoint on a labelled recording through a :class:`Scorer`, so that the calibrators fit the
+scores that serving gives (:func:`detector.serve.model_check.build_scorer` builds one from the settings)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a checkpoint file holds, for a person (``detector inspect``) and for scripts (``--json``).
+"""What a checkpoint file holds, as a JSON-safe dict (:func:`describe`) and as lines for a terminal.
 
 :func:`describe` reads a file through the checkpoint loader's full validation (never unpickling anything)
 and returns one JSON-safe dict whose keys are stable (README, "Inspect a checkpoint"):
@@ -13,7 +13,7 @@ and returns one JSON-safe dict whose keys are stable (README, "Inspect a checkpo
     parameters           the number of weights
     heads                {"window": HEAD, "step": HEAD or null}, HEAD = {"calibration": method
                          ("none" when uncalibrated), "threshold": number, "rule": the rule that chose it}
-    calibrated           whether the window head is calibrated (what ``serve`` checks, see model.uncalibrated)
+    calibrated           whether the window head is calibrated (see the setting model.uncalibrated)
     training             the training summary as stored (epochs, validation metrics, ...); {} when none
 
 A defect of the file raises :class:`~detector.errors.CheckpointError` (one line), as every other reader does.

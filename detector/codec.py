@@ -2,7 +2,7 @@
 
 Two input codecs (README, message formats): JSON (the default) and the compact binary ``application/x-detector-f32``
 (little-endian float32 row-major values; the other fields in headers). Every failure is a
-:class:`~detector.errors.WindowError` carrying a stable reason code; callers turn it into a dead letter.
+:class:`~detector.errors.WindowError` carrying a stable reason code (a dead letter's ``error.reason``).
 
 Reason codes (stable): :data:`REASONS`, which docs/reference.md's table repeats (a test keeps them equal).
 """

@@ -1,5 +1,5 @@
-"""Evaluating a checkpoint on a labelled recording (metrics and plots), through the same Scorer that serves
-(the caller builds it: ``detector.serve.model_check.build_scorer`` from the settings)."""
+"""Evaluating a checkpoint on a labelled recording (metrics and plots) through a :class:`Scorer`, with the
+scores that serving gives (:func:`detector.serve.model_check.build_scorer` builds one from the settings)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from detector.windows import WindowSet
 
 
 def evaluate(scorer: Scorer, data: WindowSet, out: Path) -> dict[str, Any]:
-    """Write the PNG plots into ``out``; return the metrics (the caller writes ``metrics.json``)."""
+    """Write the PNG plots into ``out``, and nothing else; return the metrics."""
     from detector import report
 
     assert data.labels is not None

@@ -1,6 +1,5 @@
 """The Kafka edge: every kafka-python client detector makes is configured here, and kafka-python's errors are
-mapped to detector's here. The daemon's adapters (:mod:`detector.serve.kafka_io`) and the tools
-(:mod:`detector.tools.clients`) build their clients on :func:`client_config`.
+mapped to detector's here. :func:`client_config` is the connection and security part every client shares.
 
 Consumer: a group member with manual commits (``enable_auto_commit=False``), session and heartbeat from the
 settings, fetches bounded in bytes. Producer: ``acks=all``, idempotent, batched (``linger_ms``,
@@ -58,7 +57,7 @@ def error_text(err: BaseException) -> str:
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
-    """Connection and security settings shared by every Kafka client (the daemon's and the tools').
+    """Connection and security settings shared by every Kafka client detector makes.
 
     Raises ConfigError, naming the setting, for what kafka-python would only report at each connection
     attempt, indistinguishable from an unreachable broker: a SASL mechanism without its user or password,

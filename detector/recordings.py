@@ -1,9 +1,8 @@
 """Recordings: JSON Lines files of input windows (optionally with ``_ts``), read streaming or whole.
 
-Whole reads (:func:`load`) are for training, calibration and evaluation: every line must be a valid
-window of one shape, or the read fails naming the line. Streaming reads (:func:`iter_lines`) are for
-replay, which turns bad lines into dead letters instead. :func:`replacing` writes a file whole or not at
-all (``record`` captures through it).
+Whole reads (:func:`load`): every line must be a valid window of one shape, or the read fails naming the
+line. Streaming reads (:func:`iter_lines`) yield every non-blank line as it is, leaving each line's
+validation to the reader. :func:`replacing` writes a file whole or not at all.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from detector.model.checkpoint import Checkpoint
 from detector.model.features import InputStats, prepare
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Windows per forward pass. On the CPU an LSTM over 128-256 windows keeps its working set in cache and runs
-# ~1.5x faster per window than over 1024 (bench/model.py); a GPU wants as many as the input allows.
+# Windows per forward pass. On the CPU an LSTM over 128-256 windows keeps its working set in cache, which a
+# pass over many more does not; a GPU wants as many as the input allows.
 CPU_CHUNK = 128
 CUDA_CHUNK = 16384
 WARMUP_CALLS = 3  # calls of a fresh TorchScript graph before it serves: profiling, then optimisation
@@ -43,8 +43,8 @@ def effective_precision(device: torch.device, precision: str, cpu_bf16: bool = F
     """The precision a scorer on ``device`` runs in.
 
     CUDA: ``precision`` (autocast). CPU: fp32, whatever ``precision`` says (oneDNN has no fp16 LSTM for most
-    CPUs: it raises, or crawls), unless ``cpu_bf16`` asks for bf16 and the CPU computes it natively: the
-    default model then scores ~1.4x faster (AMD Zen 5, bench/e2e.py), while emulated bf16 is slower than fp32.
+    CPUs: it raises, or crawls), unless ``cpu_bf16`` asks for bf16 and the CPU computes it natively (emulated
+    bf16 is slower than fp32).
     """
     if device.type == "cuda":
         return precision
@@ -87,9 +87,8 @@ def _compile(
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the normalisation constants are baked in, as intended
             graph = torch.jit.freeze(torch.jit.trace(_Graph(net, stats, dtype).eval(), example, check_trace=False))
-            # TorchScript profiles the first calls and optimises the graph on a later one (~50 ms, then ~7 ms
-            # on this machine); pay that here, on the thread that builds the scorer (the reload watcher's),
-            # not on the serving thread's first batch after a swap.
+            # TorchScript profiles the first calls and optimises the graph on a later one: that cost is paid
+            # here, by whoever builds the scorer, not by its first batch.
             for _ in range(WARMUP_CALLS):
                 graph(example)
             return graph
@@ -132,9 +131,9 @@ class Scorer:
         # Windows per forward pass; a larger batch is scored in chunks of this size (scores do not depend on it).
         self.chunk = chunk or (CUDA_CHUNK if self.device.type == "cuda" else CPU_CHUNK)
         self._staging: torch.Tensor | None = None  # pinned host buffer for copies to the GPU, grown on demand
-        # On the CPU, normalisation and network run as one frozen TorchScript graph: ~20% faster, and it runs
-        # without the GIL from end to end, so a scoring thread keeps its speed while the serving loop works
-        # in Python beside it (eager, every small op takes the GIL back: 6% of its speed in that case).
+        # On the CPU, normalisation and network run as one frozen TorchScript graph, which runs without the GIL
+        # from end to end: a scoring thread keeps its speed while another thread runs Python (eager, every
+        # small op takes the GIL back).
         self.compiled: torch.jit.ScriptModule | None = (
             _compile(self.net, self.stats, self.shape, self.autocast_dtype or torch.float32)
             if self.device.type == "cpu"

@@ -3,7 +3,7 @@
 Every value comes from one of four places; a higher one wins, key by key (nested sections merge, so a
 YAML file may set ``kafka.input_topic`` while the environment sets ``DETECTOR_KAFKA__GROUP_ID``):
 
-    1. keyword overrides passed to ``load_settings`` (what the CLI's flags set)
+    1. keyword overrides passed to ``load_settings``
     2. environment variables ``DETECTOR_<SECTION>__<NAME>`` (or the ``environ`` mapping given instead)
     3. the YAML file given with ``--config`` (the same names, nested: ``kafka: {input_topic: in}``)
     4. the defaults below
@@ -12,7 +12,7 @@ The secrets of ``SECRET_FILE_SETTINGS`` may instead come from a file, the way Do
 them: ``DETECTOR_KAFKA__SASL_PASSWORD_FILE=/run/secrets/kafka-password`` sets ``kafka.sasl_password`` to the
 file's text (at most ``SECRET_FILE_MAX_BYTES``, trailing line breaks dropped), at the environment's rank.
 
-Only this module reads the environment. The CLI builds ``Settings`` once and passes it down; it is frozen.
+Only this module reads the environment. ``Settings`` is frozen: build it once and pass it down.
 Any problem (a missing or malformed file, an unknown key, an invalid value) raises ``ConfigError`` with a
 one-line message naming the setting in both its dotted and its environment form.
 """
@@ -90,8 +90,7 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"  # where a group with no commits starts
     # How long the broker may hold a fetch that finds no new records. Apache Kafka answers as soon as records
     # arrive, so this only paces idle fetches there. The embedded broker (Tansu) answers such a fetch late,
-    # and records arriving meanwhile wait: one record into an idle topic took ~80 ms at 500, ~9 at 50, and
-    # under load at 50 a few fetches a run were held ~100 ms (none at 10): use 10 there (configs/dev.yaml).
+    # and records arriving meanwhile wait up to this long: use 10 there (configs/dev.yaml).
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=60_000)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     # Required by the SASL_* protocols, refused by the others (they would connect unauthenticated).
@@ -178,12 +177,12 @@ class ModelSettings(_Section):
     checkpoint: Path | None = None  # required by `serve` (checked there), watched for new versions
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # autocast on CUDA; CPU stays fp32 (see cpu_bf16)
-    # Opt in to bfloat16 on the CPU, where the CPU computes it natively (AVX512-BF16 or AMX): the default model
-    # scores ~1.4x faster, probabilities within ~0.03 of fp32. Elsewhere it scores in fp32, with a warning.
+    # Opt in to bfloat16 on the CPU, where the CPU computes it natively (AVX512-BF16 or AMX): faster, with
+    # probabilities within ~0.03 of fp32. Elsewhere it scores in fp32, with a warning.
     cpu_bf16: bool = False
     # CPU threads torch may use for scoring in `serve`; 0 = one fewer than the CPUs this process may use (cgroup
-    # quota and affinity counted; at least 1), which leaves a core to the Kafka clients: a torch thread pool
-    # competing for every core can score 10-100x slower.
+    # quota and affinity counted; at least 1), which leaves a core to the Kafka clients: torch's OpenMP threads
+    # wait for each other at every barrier, so one that loses its core stalls the whole pass.
     cpu_threads: int = Field(default=0, ge=0)
     # A checkpoint `detector calibrate` never saw (window head calibration `none`): its probabilities are raw
     # sigmoids and its threshold a placeholder. refuse: `serve` exits 2 at start and rejects it on reload;

@@ -1,9 +1,9 @@
 """Generated telemetry: seasonal, autocorrelated multi-feature series with labelled events, cut into windows.
 
-``detector generate`` writes these as recordings; tests and the demo use them. Each series gets its own
-offset and scale (log-uniform across ``scale_range``, so values run from below 1 to above 100,000 with the
-defaults), its own seasonal periods and noise colour; events come from :mod:`detector.model.inject`.
-Two generators with different seeds share no series; ``SynthParams`` varies the rest.
+Each series gets its own offset and scale (log-uniform across ``scale_range``, so values run from below 1 to
+above 100,000 with the defaults), its own seasonal periods and noise colour; events come from
+:mod:`detector.model.inject`. Two generators with different seeds share no series; ``SynthParams`` varies
+the rest.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from scipy.signal import lfilter
 from detector.model.inject import EVENT_KINDS, EventSpec, inject_event
 
 # Events are sized in units of the noise's marginal std, and the seasonality on top reaches up to 4x that.
-# At the sizes training injects, a robust z-score of differences found F1 ~0.81 on generated windows and
-# many level shifts and drifts were invisible by eye; at 1.5x it finds ~0.87 (mean over 6 pairs of
-# calibration and test seeds), the difficulty the foundation issue describes for its accuracy target.
+# Generated events are 1.5x the default sizes (EventSpec), as hard as the accuracy target assumes: a robust
+# z-score of differences finds them with F1 0.82-0.90 (a test holds it there), where at 1x many level shifts
+# and drifts are invisible by eye.
 GENERATED_EVENTS = EventSpec(gain=(1.5, 1.5))
 
 

@@ -1,5 +1,5 @@
-"""A set of validated windows of one shape as arrays (:class:`WindowSet`): what training, calibration and
-evaluation work on. Pure: reading and writing recordings is :mod:`detector.recordings`."""
+"""A set of validated windows of one shape as arrays (:class:`WindowSet`). Pure: reading and writing
+recordings is :mod:`detector.recordings`."""
 
 from __future__ import annotations
 
@@ -61,9 +61,9 @@ class WindowSet:
 
 
 def from_windows(windows: list[Window], name: str, lines: Sequence[int] | None = None) -> WindowSet:
-    """Stack validated windows of one shape. A missing window_id is the one ``replay --offline`` and
-    ``serve`` give (:func:`~detector.codec.default_window_id`) for line ``lines[i]`` of a recording named
-    ``name`` (default: the windows are lines 1, 2, ... in order)."""
+    """Stack validated windows of one shape. A missing window_id becomes
+    :func:`~detector.codec.default_window_id`'s for line ``lines[i]`` of a recording named ``name`` (default:
+    the windows are lines 1, 2, ... in order), the one every scoring path gives that line."""
     if lines is None:
         lines = range(1, len(windows) + 1)
     labelled = all(w.labels is not None for w in windows)

@@ -236,7 +236,7 @@ def _robust_z_of_differences(values: np.ndarray) -> np.ndarray:
 
 
 def test_generated_events_are_as_hard_as_the_accuracy_target_assumes() -> None:
-    """The foundation issue sets its accuracy target on data where the robust-z baseline gets F1 ~0.87. On
+    """The README's accuracy target assumes data where the robust-z baseline gets F1 ~0.87. On
     generated data, with its threshold fitted on one seed and applied to another, it stays in that band:
     an easier generator would flatter the model, a harder one would hide events in the seasonality."""
     from detector.model.metrics import binary_metrics

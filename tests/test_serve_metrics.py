@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from detector.codec import REASONS
 from detector.serve.messages import TopicPartition
 from detector.serve.metrics import METRIC_NAMES, PrometheusObserver
-from detector.serve.observer import Observer, SafeObserver
+from detector.serve.observer import safe
 
 
 class FakeClock:
@@ -41,8 +41,8 @@ def value(samples: list[Sample], name: str, **labels: str) -> float:
 
 
 def feed(obs: PrometheusObserver, clock: FakeClock) -> None:
-    """One known history through every hook, the Observer ones via SafeObserver as the runner calls them."""
-    runner_side: Observer = SafeObserver(obs)
+    """One known history through every hook, the Observer ones via safe() as the runner calls them."""
+    runner_side = safe(obs)
     runner_side.consumed(7)
     runner_side.consumed(3)
     runner_side.dead_letter("bad_json")

@@ -1,9 +1,9 @@
 """The demo's model: a small checkpoint shipped with the package, and the recipe that made it.
 
-The bundled file (``detector/assets/demo.ckpt``, ~55 KB) is what ``detector demo`` serves unless it is told
-to train (``--train``) or given a checkpoint. It is rebuilt, deterministically on the CPU, with
+The bundled file (``detector/assets/demo.ckpt``) is what ``detector demo`` serves unless it is told to train
+(``--train``) or given a checkpoint. It is rebuilt, deterministically on the CPU, with
 
-    python -m detector.demo.model            # writes detector/assets/demo.ckpt (about 1 minute on 2 cores)
+    python -m detector.demo.model            # writes detector/assets/demo.ckpt
 
 Recipe: a one-layer bidirectional LSTM (hidden 32) with window and per-step heads, trained on a generated labelled
 recording of F=4, T=64 windows (seed 101), calibrated with isotonic regression and a max-F1 threshold on

@@ -68,12 +68,12 @@ class DemoOptions:
     """What ``detector demo`` was asked for; ``out`` receives the artifacts and logs."""
 
     out: Path
-    duration_s: float = 120.0  # how long the replay lasts; the whole demo takes about 20 s more
+    duration_s: float = 120.0  # how long the replay lasts; start-up and the drain of the last outputs add to it
     windows: int = 2400
     broker_port: int = 0  # 0 = a free port
     http_port: int = 0  # the daemon's /metrics; 0 = a free port
     checkpoint: Path | None = None  # serve this model instead of the bundled one
-    train: bool = False  # train a fresh model with the bundled recipe first (about a minute)
+    train: bool = False  # train a fresh model with the bundled recipe first
     colour: bool = False
     topics: DemoTopics = field(default_factory=DemoTopics)
 

@@ -10,10 +10,10 @@ is monotone non-decreasing in the logit and maps into [0, 1].
     isotonic     p = (1 - e) * cir(sigmoid(z)) + e * sigmoid(z), e = 1e-6
 
 ``cir`` is centred isotonic regression: scikit-learn's isotonic fit is a step function whose flat blocks
-tie every window inside them, which throws away the model's ranking (AUPRC fell from 0.911 to 0.878 on
-held-out data); drawing the map piecewise-linearly through the centre of each block keeps it increasing
-between blocks, and the 1e-6 share of the raw probability breaks the remaining ties (inside the first and
-last blocks) without moving any probability by more than 1e-6.
+tie every window inside them, which throws away the model's ranking (and with it AUPRC); drawing the map
+piecewise-linearly through the centre of each block keeps it increasing between blocks, and the 1e-6 share
+of the raw probability breaks the remaining ties (inside the first and last blocks) without moving any
+probability by more than 1e-6.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def apply(params: dict[str, Any], logits: np.ndarray) -> np.ndarray:
 
 
 def validate(params: dict[str, Any]) -> None:
-    """Raise ValueError unless ``params`` is a complete, monotone calibrator (used on checkpoint load)."""
+    """Raise ValueError unless ``params`` is a complete, monotone calibrator."""
     method = params.get("method")
     if method == "none":
         return

@@ -289,5 +289,5 @@ def load(path: str | Path) -> Checkpoint:
 
 
 def is_calibrated(ckpt: Checkpoint) -> bool:
-    """Whether the window head has a calibrator (``detector calibrate`` fitted one): what ``serve`` checks."""
+    """Whether the window head has a calibrator (``detector calibrate`` fitted one)."""
     return ckpt.calibration_name != UNCALIBRATED["method"]

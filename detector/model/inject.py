@@ -1,9 +1,8 @@
 """Synthetic events: spikes, level shifts, noise bursts, flat lines and drifts, written into series in place.
 
-Used twice: by the recording generator (``detector generate``) to make labelled test data, and by training
-(``--inject`` and augmentation) to teach a model events where a recording has no labels. Every kind draws its
-size, length and position at random; sizes are in units of the series' local noise scale so that the same
-event is as visible on a series around 0.5 as on one around 100,000.
+Each event comes with its step mask, so a series gets labelled events where it has none. Every kind draws
+its size, length and position at random; sizes are in units of the series' local noise scale so that the
+same event is as visible on a series around 0.5 as on one around 100,000.
 """
 
 from __future__ import annotations

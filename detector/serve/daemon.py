@@ -39,23 +39,12 @@ from detector.serve.runner import Runner, RunnerConfig
 from detector.settings import Settings, masked, security_warnings
 
 
-def runner_config(settings: Settings) -> RunnerConfig:
-    return RunnerConfig(
-        output_topic=settings.kafka.output_topic,
-        dlq_topic=settings.kafka.dlq_topic,
-        max_batch=settings.batch.max_size,
-        max_wait_s=settings.batch.max_wait_ms / 1000,
-        max_message_bytes=settings.limits.max_message_bytes,
-        alert_topic=settings.kafka.alert_topic,
-    )
-
-
 def load_scorer(settings: Settings) -> Scorer:
     """The first model, checked as every reload is (:func:`validated_scorer`, with ``model.uncalibrated``),
     and warm. Raises :class:`ConfigError` for a missing setting, a ``model.checkpoint`` that cannot be read
     (missing, in a folder that does not exist, not a file: one line naming the setting) or a device this
     machine lacks, and ``CheckpointRejected`` with its stage for a file that fails the check (an uncalibrated
-    one under ``refuse`` included); the CLI exits 2 on either, before anything connects to Kafka."""
+    one under ``refuse`` included). Connects to nothing."""
     m = settings.model
     if m.checkpoint is None:
         raise ConfigError("serve needs a checkpoint: set model.checkpoint (DETECTOR_MODEL__CHECKPOINT)")
@@ -73,17 +62,17 @@ def load_scorer(settings: Settings) -> Scorer:
     return validated_scorer(data, str(m.checkpoint), m)
 
 
-# How long a thread may hold the GIL while another waits for it. Python's 5 ms starves the threads that
-# come back for it in short hops (the scoring thread around its graph, kafka-python's IO thread): with the
-# serving loop busy in Python beside them, they waited ~5 ms per hop. 0.5 ms keeps them at ~95% speed.
+# How long a thread may hold the GIL while another waits for it. A thread that comes back for the GIL in short
+# hops (the scoring thread around its graph, kafka-python's IO thread) waits up to this long per hop while the
+# serving loop runs Python, so it is set well below Python's default of 5 ms.
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def freeze_startup_heap() -> int:
     """Move every object alive now (torch, the model, the Kafka clients) out of the cyclic collector's
     reach, once start-up is done; returns how many there were. Python's full collections otherwise walk
-    all of them with the serving loop stopped: 80-135 ms each, a few times a minute under load (measured
-    at 2.5k windows/s, where they made the daemon's p99 latency). Later garbage is collected as before."""
+    all of them each time, holding the GIL throughout (the serving loop waits). Later garbage is collected as
+    before."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
@@ -149,7 +138,7 @@ def _run(
             source,
             sink,
             scorer,
-            runner_config(settings),
+            RunnerConfig.from_settings(settings),
             observer=metrics,
             health=health,
             reloads=watcher.take,

@@ -178,7 +178,7 @@ def score_file(
     *,
     threads: int = 1,
     batch_size: int = 1024,
-    max_message_bytes: int = 1_048_576,
+    max_message_bytes: int = RunnerConfig.max_message_bytes,
     on_scored: Callable[[int], None] = lambda _: None,
 ) -> Counters:
     """Score every line of the recording ``src`` into ``out`` (one output record per valid window, in file

@@ -1,9 +1,9 @@
 """The daemon's health: liveness (the loop makes progress) and readiness (broker reached, group joined,
-model loaded, output acknowledged), set by the loop and read by the HTTP server (``/healthz``, ``/readyz``).
+model loaded, output acknowledged), what ``/healthz`` and ``/readyz`` answer; set and read from any thread.
 
-Liveness: the runner beats once per loop iteration and inside its retry loops, so an idle or retrying
-loop still counts as alive; a loop stuck for ``stale_after_s`` does not. Readiness holds only while every
-part holds; each part that does not gives its reason.
+Liveness holds while the last beat is at most ``stale_after_s`` old: a loop that beats on every iteration,
+its retry loops included, counts as alive while idle or retrying, and one stuck that long does not.
+Readiness holds only while every part holds; each part that does not gives its reason.
 """
 
 from __future__ import annotations

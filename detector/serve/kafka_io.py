@@ -30,13 +30,12 @@ from detector.serve.messages import (
 )
 
 COMMIT_TIMEOUT_MS = 10_000
-# The longest single wait in kafka-python's poll. Its consumer (3.0.12) sleeps min(poll timeout, retry_backoff_ms
-# = 100 ms) when it sees no fetch in flight, and it can see none while a finished fetch's records wait in its
-# buffer (the IO thread drops the done future before the poll looks): those records then wait the whole
-# sleep. It struck a few times a second at 3,000 windows/s, each time holding ~20 windows for 100 ms; polled in
-# steps of 10 ms, such a sleep costs at most 10 ms. (retry_backoff_ms itself paces ~25 retry paths.) Only while
-# partitions are assigned: during a group join, short polls make kafka-python spin on timeouts, ~3,000 a second,
-# and the garbage they leave (exceptions and their frames) later cost a 150 ms collection in the middle of serving.
+# The longest single wait in kafka-python's poll, while partitions are assigned. kafka-python 3.0.x can sleep
+# min(poll timeout, retry_backoff_ms) with a finished fetch's records already buffered (its IO thread drops the
+# done future before the poll looks for one in flight), so those records wait out the sleep: polled in steps,
+# they wait at most one step. (retry_backoff_ms is left alone: it also paces the client's retries.) Not during
+# a group join, where short polls make kafka-python spin on timeouts and leave garbage (exceptions and their
+# frames) for the cyclic collector to walk later.
 POLL_STEP_MS = 10
 
 log = structlog.get_logger("detector.serve")

@@ -1,27 +1,19 @@
 """Every Prometheus metric of detector, defined once, and the observer that feeds them.
 
-How the loop is meant to call it:
+:class:`PrometheusObserver` implements :class:`~detector.serve.observer.Observer`: each hook counts or
+observes what its name and its metric's help say, once per call. ``set_consumer_lag({tp: lag})`` takes the lag
+of every partition owned now (partitions left out are removed); ``model_loaded(version)`` leaves that version
+the only one that reads 1. Beyond the protocol, ``reloaded(result)`` and ``watch_checkpoint(rejected)`` feed
+the reload metrics. ``registry`` holds every family, for ``/metrics``.
 
-- The daemon builds one ``PrometheusObserver()`` and passes it as ``Runner(..., observer=metrics)``. The
-  runner then calls the :class:`~detector.serve.observer.Observer` hooks through ``SafeObserver``:
-  ``consumed`` after each poll, ``dead_letter`` per bad message, ``scored`` once per batch after scoring,
-  ``batch_done`` once per batch after its output was acknowledged and committed, ``committed``,
-  ``delivery_retry`` and ``dropped_on_revoke`` as they happen.
-- The rest is called by the daemon around the runner, from any thread: ``model_loaded(version)`` at start
-  and whenever the runner swaps in a new scorer; ``reloaded(outcome.result)`` from the
-  ``CheckpointWatcher``'s ``on_result``; ``set_consumer_lag({tp: lag})`` every few seconds with the lag of
-  every partition currently assigned (partitions left out are removed); ``alert_transitions(raised,
-  cleared)`` after the ``AlertTracker`` has run on a batch.
-- ``registry`` is what ``detector.serve.http.OpsServer`` serves on ``/metrics``.
+What a caller may rely on: no method raises (a failure is logged once per method and swallowed), any method
+may be called from any thread except ``scored`` and ``batch_done`` (below), each instance has its own
+``CollectorRegistry`` (never the global one, so several can coexist), and the families exposed are exactly
+:data:`METRIC_NAMES` (documented in docs/reference.md).
 
-What a caller may rely on: no method raises (a failure is logged once per method and swallowed), each
-instance has its own ``CollectorRegistry`` (never the global one, so tests can build several), and the
-families exposed are exactly :data:`METRIC_NAMES` (documented in docs/reference.md).
-
-End-to-end latency is measured from the input record's broker timestamp to the acknowledgement of its
-output: the runner reports latencies up to scoring time in ``scored``; ``batch_done`` (called once the
-batch's output is acknowledged) adds the time since then. A record without a broker timestamp is reported
-by the runner as 0 and counted as such.
+End-to-end latency, per window: the latency given to ``scored`` (from the input record's broker timestamp to
+scoring; a 0 is observed as 0) plus the time from that ``scored`` to the next ``batch_done``. So a batch's
+``batch_done`` is to come once its output is acknowledged, after its ``scored`` and from the same thread.
 """
 
 from __future__ import annotations
@@ -90,7 +82,7 @@ def _never_raises(
 
 
 class PrometheusObserver:
-    """The runner's :class:`~detector.serve.observer.Observer` for Prometheus, plus lag, model and reloads.
+    """An :class:`~detector.serve.observer.Observer` that feeds Prometheus, plus lag, model and reloads.
 
     ``clock`` (monotonic seconds) is only used to time the span from scoring to acknowledgement.
     """
@@ -123,7 +115,8 @@ class PrometheusObserver:
         )
         self.inference_seconds = Histogram(
             "detector_inference_seconds",
-            "Time to score one batch: normalise, forward, calibrate, threshold, build records.",
+            "Time to score the valid windows of one batch (normalise, forward, calibrate, threshold), without"
+            " decoding or building output records.",
             buckets=INFERENCE_BUCKETS,
             registry=r,
         )
@@ -188,7 +181,7 @@ class PrometheusObserver:
         for state in ALERT_STATES:
             self.alert_transitions_total.labels(state=state)
 
-    # -- the Observer protocol (called by the runner through SafeObserver) -------------------------------
+    # -- the Observer protocol ----------------------------------------------------------------------------
 
     @_never_raises
     def consumed(self, messages: int) -> None:
@@ -240,7 +233,7 @@ class PrometheusObserver:
     def unreadable_record(self) -> None:
         self.unreadable_records_total.inc()
 
-    # -- reported by the daemon around the runner ---------------------------------------------------------
+    # -- the rest of the Observer protocol, and the reload metrics ----------------------------------------
 
     @_never_raises
     def set_consumer_lag(self, lags: Mapping[TopicPartition, int]) -> None:

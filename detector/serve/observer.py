@@ -1,14 +1,15 @@
-"""What the runner reports, in one place: a metrics exporter implements :class:`Observer` and is handed to
-the runner instead of (or next to) :class:`Counters`. The runner calls observers through
-:class:`SafeObserver`, so an observer that raises is logged once and never breaks the loop.
+"""What the serving loop reports, in one place: :class:`Observer` is the set of hooks; a metrics exporter
+implements it beside :class:`CountingObserver` (the loop's own :class:`Counters`), and :func:`safe` combines
+observers so that one that raises is logged once per hook and never breaks the loop.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -133,13 +134,22 @@ class CountingObserver:
         self.counts.alerts_cleared += cleared
 
 
+_HOOKS = frozenset(name for name in vars(Observer) if not name.startswith("_"))
+
+
 class SafeObserver:
-    """Calls every observer given; an exception is logged (once per observer and hook) and swallowed."""
+    """Calls every observer given, for each hook of :class:`Observer` (the type it is used as); an exception
+    in one is logged (once per observer and hook) and swallowed, so an observer never breaks the loop."""
 
     def __init__(self, *observers: Observer) -> None:
         self.observers = observers
         self._failed: set[tuple[int, str]] = set()
         self._log = structlog.get_logger("detector.serve")
+
+    def __getattr__(self, hook: str) -> Callable[..., None]:
+        if hook not in _HOOKS:
+            raise AttributeError(hook)
+        return functools.partial(self._call, hook)
 
     def _call(self, hook: str, *args: Any) -> None:
         for i, observer in enumerate(self.observers):
@@ -150,41 +160,7 @@ class SafeObserver:
                     self._failed.add((i, hook))
                     self._log.error("observer failed", observer=type(observer).__name__, hook=hook, error=repr(err))
 
-    def consumed(self, messages: int) -> None:
-        self._call("consumed", messages)
 
-    def dead_letter(self, reason: str) -> None:
-        self._call("dead_letter", reason)
-
-    def scored(self, windows: int, flagged: int, seconds: float, latencies_ms: Sequence[float]) -> None:
-        self._call("scored", windows, flagged, seconds, latencies_ms)
-
-    def batch_done(self, messages: int, seconds: float) -> None:
-        self._call("batch_done", messages, seconds)
-
-    def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self._call("committed", offsets)
-
-    def delivery_retry(self, unfinished: int, failures: int) -> None:
-        self._call("delivery_retry", unfinished, failures)
-
-    def dropped_on_revoke(self, messages: int) -> None:
-        self._call("dropped_on_revoke", messages)
-
-    def delivery_stalled(self, seconds: float) -> None:
-        self._call("delivery_stalled", seconds)
-
-    def output_dropped(self, records: int) -> None:
-        self._call("output_dropped", records)
-
-    def unreadable_record(self) -> None:
-        self._call("unreadable_record")
-
-    def set_consumer_lag(self, lags: Mapping[TopicPartition, int]) -> None:
-        self._call("set_consumer_lag", lags)
-
-    def model_loaded(self, version: str) -> None:
-        self._call("model_loaded", version)
-
-    def alert_transitions(self, raised: int, cleared: int) -> None:
-        self._call("alert_transitions", raised, cleared)
+def safe(*observers: Observer) -> Observer:
+    """One observer that calls each of ``observers`` (see :class:`SafeObserver`)."""
+    return cast(Observer, SafeObserver(*observers))

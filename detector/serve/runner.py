@@ -62,6 +62,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import structlog
@@ -85,7 +86,8 @@ from detector.serve.messages import (
     TopicPartition,
     UnreadableRecord,
 )
-from detector.serve.observer import Counters, CountingObserver, Observer, SafeObserver
+from detector.serve.observer import Counters, CountingObserver, Observer, safe
+from detector.settings import BatchSettings, LimitSettings, Settings
 
 JSON_HEADERS = (("content-type", b"application/json"),)
 
@@ -97,13 +99,18 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_BATCH, _LIMITS = BatchSettings(), LimitSettings()  # the settings' defaults, the only ones
+
+
 @dataclass(frozen=True)
 class RunnerConfig:
+    """The loop's parameters; :meth:`from_settings` gives the daemon's."""
+
     output_topic: str
     dlq_topic: str
-    max_batch: int = 256  # messages per micro-batch
-    max_wait_s: float = 0.02  # how long the first message of a batch may wait for the batch to fill
-    max_message_bytes: int = 1_048_576  # larger values are dead letters (`oversize`)
+    max_batch: int = _BATCH.max_size  # messages per micro-batch
+    max_wait_s: float = _BATCH.max_wait_ms / 1000  # how long the first message of a batch may wait for more
+    max_message_bytes: int = _LIMITS.max_message_bytes  # larger values are dead letters (`oversize`)
     idle_poll_s: float = 0.25  # poll timeout while no batch is open: how soon a stop request is seen
     flush_timeout_s: float = 5.0  # one wait for acknowledgements before the wait is logged and retried
     backoff_s: tuple[float, float] = (0.25, 5.0)  # first and longest pause between retries of a broker fault
@@ -114,6 +121,21 @@ class RunnerConfig:
     max_held_bytes: int = 64 * 1024 * 1024  # no poll while the messages read ahead hold this many bytes
     dead_letter_log_s: float = 10.0  # at most one "dead letter" log line per reason this often
     event_time: bool = False  # scored_at from the input's own time, latency 0 (see the module docstring)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **changes: Any) -> RunnerConfig:
+        """The loop as the settings ask (topics, batching, size limit), with ``changes`` on top."""
+        return cls(
+            **{
+                "output_topic": settings.kafka.output_topic,
+                "dlq_topic": settings.kafka.dlq_topic,
+                "max_batch": settings.batch.max_size,
+                "max_wait_s": settings.batch.max_wait_ms / 1000,
+                "max_message_bytes": settings.limits.max_message_bytes,
+                "alert_topic": settings.kafka.alert_topic,
+                **changes,
+            }
+        )
 
 
 @dataclass
@@ -180,7 +202,7 @@ class Runner:
         self.scorer = scorer
         self.config = config
         self._counting = CountingObserver()
-        self.observer = SafeObserver(self._counting, *([observer] if observer is not None else []))
+        self.observer = safe(self._counting, *([observer] if observer is not None else []))
         self.clock = clock
         self.now_ms = now_ms
         self._sleep_fn = sleep

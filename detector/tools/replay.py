@@ -294,7 +294,7 @@ def publish(
 
 
 def _count_lines(path: Path) -> int | None:
-    """Lines in the file (for the progress bar's total; blank and bad lines included), or None."""
+    """Lines in the file (its newline characters: blank and bad lines included), or None when unreadable."""
     try:
         with path.open("rb") as f:
             return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
