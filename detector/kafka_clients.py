@@ -22,6 +22,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka import errors as kerr
 
 from detector.errors import ConfigError
+from detector.retry import Backoff
 from detector.settings import Settings, env_name
 
 RECONNECT_BACKOFF_MAX_MS = 2000  # kafka-python's default (30 s) would leave a daemon idle long after a broker is back
@@ -172,7 +173,7 @@ def connect(
     ConfigError; every other failure is taken as transient and retried, with a log line each time.
     """
     consumer: KafkaConsumer | None = None
-    delay, attempt = backoff_s[0], 0
+    backoff, attempt = Backoff(*backoff_s), 0
     while not stopping():
         attempt += 1
         try:
@@ -182,6 +183,7 @@ def connect(
         except kerr.KafkaConfigurationError as err:
             raise ConfigError(f"kafka settings rejected by the client: {err}") from err
         except (kerr.KafkaError, OSError) as err:
+            delay = backoff.next()
             log.warning(
                 "broker unreachable; retrying",
                 bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -192,7 +194,6 @@ def connect(
             end = time.monotonic() + delay
             while not stopping() and time.monotonic() < end:
                 time.sleep(0.1)
-            delay = min(backoff_s[1], delay * 2)
             continue
         log.info("connected", bootstrap_servers=settings.kafka.bootstrap_servers, attempts=attempt)
         return consumer, producer

@@ -70,6 +70,7 @@ import structlog
 from detector.alerting import AlertTracker
 from detector.codec import Window, default_window_id, encode_json
 from detector.errors import WindowError
+from detector.retry import Backoff
 from detector.scoring import Scorer, Scores
 from detector.serve.checkpointing import CommitTracker
 from detector.serve.decode import decode_message, series_id_hint
@@ -161,21 +162,6 @@ def _timed_score(
 ) -> tuple[Scores, float]:
     started = clock()
     return scorer.score(values, pool), clock() - started
-
-
-class Backoff:
-    """Exponential delays from ``first`` to ``longest``, reset by a success."""
-
-    def __init__(self, first: float, longest: float) -> None:
-        self.first, self.longest = first, longest
-        self.failures = 0
-
-    def next(self) -> float:
-        self.failures += 1
-        return min(self.longest, self.first * 2 ** (self.failures - 1))
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class Runner:
