@@ -169,3 +169,38 @@ def test_a_line_timestamp_is_an_integer_or_minus_one_for_any_bytes(line):
     ts = line_timestamp(line)
     assert isinstance(ts, int)
     assert ts == -1 or b'"_ts"' in line
+
+
+def sliding_recording(path: Path, rows: np.ndarray, length: int) -> None:
+    """One series, a window ending at every row from ``length - 1`` on (stride 1), in time order."""
+    recordings.write(
+        path,
+        (
+            {
+                "series_id": "s",
+                "start": 1_000 * first,
+                "step_ms": 1_000,
+                "values": rows[first : first + length].tolist(),
+            }
+            for first in range(len(rows) - length + 1)
+        ),
+    )
+
+
+def test_scores_are_causal_changing_later_rows_leaves_earlier_records_unchanged(scorer, tmp_path):
+    """Every window that ends before the changed rows keeps its exact output record; the windows that hold
+    changed rows score differently."""
+    length = scorer.shape[0]
+    rows = np.random.default_rng(5).normal(size=(160, scorer.shape[1]))
+    changed = rows.copy()
+    changed[120:] += np.linspace(0, 30, 40)[:, None]
+    outs = []
+    for name, data in (("a", rows), ("b", changed)):
+        (tmp_path / name).mkdir()
+        rec, out = tmp_path / name / "rec.jsonl", tmp_path / name / "out.jsonl"  # same name: same window_ids
+        sliding_recording(rec, data, length)
+        score_file(scorer, rec, out, tmp_path / name / "dlq.jsonl")
+        outs.append(out.read_text().splitlines())
+    before = 120 - length + 1  # windows 0 .. before-1 end before row 120
+    assert outs[0][:before] == outs[1][:before]
+    assert outs[0][before:] != outs[1][before:]
