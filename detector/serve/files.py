@@ -106,7 +106,6 @@ class FileSink:
     def __init__(self, out: str | Path, dlq: str | Path, *, output_topic: str, dlq_topic: str) -> None:
         self.out_path, self.dlq_path = Path(out), Path(dlq)
         self.output_topic, self.dlq_topic = output_topic, dlq_topic
-        self.dead_letters = 0
         self._out = self._open(self.out_path)
         self._dlq: IO[bytes] | None = None
 
@@ -124,7 +123,6 @@ class FileSink:
             if self._dlq is None:
                 self._dlq = self._open(self.dlq_path)
             self._write(self._dlq, self.dlq_path, _dead_letter_line(record))
-            self.dead_letters += 1
         else:
             raise ValueError(f"no file for records of topic {record.topic!r}")
 

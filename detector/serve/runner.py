@@ -62,7 +62,6 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import structlog
@@ -124,18 +123,15 @@ class RunnerConfig:
     event_time: bool = False  # scored_at from the input's own time, latency 0 (see the module docstring)
 
     @classmethod
-    def from_settings(cls, settings: Settings, **changes: Any) -> RunnerConfig:
-        """The loop as the settings ask (topics, batching, size limit), with ``changes`` on top."""
+    def from_settings(cls, settings: Settings) -> RunnerConfig:
+        """The loop as the settings ask: topics, batching, size limit."""
         return cls(
-            **{
-                "output_topic": settings.kafka.output_topic,
-                "dlq_topic": settings.kafka.dlq_topic,
-                "max_batch": settings.batch.max_size,
-                "max_wait_s": settings.batch.max_wait_ms / 1000,
-                "max_message_bytes": settings.limits.max_message_bytes,
-                "alert_topic": settings.kafka.alert_topic,
-                **changes,
-            }
+            output_topic=settings.kafka.output_topic,
+            dlq_topic=settings.kafka.dlq_topic,
+            max_batch=settings.batch.max_size,
+            max_wait_s=settings.batch.max_wait_ms / 1000,
+            max_message_bytes=settings.limits.max_message_bytes,
+            alert_topic=settings.kafka.alert_topic,
         )
 
 
