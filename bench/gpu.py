@@ -26,7 +26,7 @@ from harness import random_checkpoint
 from torch import nn
 
 from detector.model.checkpoint import Checkpoint
-from detector.model.features import CHANNELS_PER_FEATURE
+from detector.model.features import input_channels
 from detector.scoring import Scorer
 
 OUT = Path(__file__).parent / "out"
@@ -64,9 +64,9 @@ def measure(batch: int, precision: str, device: torch.device, ckpt: Checkpoint) 
     scorer = Scorer(ckpt, device=device.type, precision=precision)
     values = (np.random.default_rng(0).standard_normal((batch, T, F)) * 50 + 100).astype(np.float32)
     net = ckpt.network
-    lstm = nn.LSTM(F * CHANNELS_PER_FEATURE, net.hidden_size, net.num_layers, batch_first=True,
+    lstm = nn.LSTM(input_channels(F), net.hidden_size, net.num_layers, batch_first=True,
                    bidirectional=net.bidirectional).to(device).eval()  # fmt: skip
-    x = torch.randn(batch, T, F * CHANNELS_PER_FEATURE, device=device)
+    x = torch.randn(batch, T, input_channels(F), device=device)
     dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision] if device.type == "cuda" else None
 
     @torch.inference_mode()

@@ -27,7 +27,7 @@ from detector.broker import CLIENT_SETTINGS
 from detector.codec import encode_f32
 from detector.model.checkpoint import Checkpoint, save
 from detector.model.config import NetworkConfig
-from detector.model.features import CHANNELS_PER_FEATURE, InputStats
+from detector.model.features import InputStats, input_channels
 from detector.model.network import DetectorNet
 from detector.processes import json_log, stop_process
 from detector.settings import load_settings, settings_env
@@ -47,7 +47,7 @@ def random_checkpoint(
     """The default architecture (or ``network``) with random weights (speed does not depend on them)."""
     torch.manual_seed(seed)
     network = network or NetworkConfig()
-    channels = features * CHANNELS_PER_FEATURE
+    channels = input_channels(features)
     return Checkpoint(
         network=network,
         state=DetectorNet(network, channels).state_dict(),

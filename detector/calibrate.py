@@ -1,5 +1,6 @@
 """Calibrating a checkpoint on a labelled recording through a :class:`Scorer`, so that the calibrators fit the
-scores that serving gives (:func:`detector.serve.model_check.build_scorer` builds one from the settings)."""
+scores that serving gives (each window placed against its series' earlier windows in the recording's order;
+:func:`detector.serve.model_check.build_scorer` builds one from the settings)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from detector.model import calibration
 from detector.model.checkpoint import Checkpoint, Head
+from detector.model.context import contexts_in_order
 from detector.model.thresholds import choose_threshold, parse_rule
 from detector.scoring import Scorer
 from detector.windows import WindowSet
@@ -23,7 +25,8 @@ def calibrate(scorer: Scorer, data: WindowSet, method: str, rule: str) -> Checkp
     and step heads)."""
     assert data.labels is not None
     parse_rule(rule)  # fail on a bad rule before any work
-    z_win, z_step, _ = scorer.logits(data.values)
+    contexts = contexts_in_order(data.series_ids, data.values, data.starts, data.step_ms, scorer.checkpoint.history)
+    z_win, z_step, _ = scorer.logits(data.values, contexts)
     window = _fit_head(method, rule, z_win, data.labels.max(axis=1))
     step = None
     if z_step is not None:

@@ -15,6 +15,7 @@ and returns one JSON-safe dict whose keys are stable (README, "Inspect a checkpo
                          ("none" when uncalibrated), "threshold": number, "rule": the rule that chose it}
     calibrated           whether the window head is calibrated (see the setting model.uncalibrated)
     training             the training summary as stored (epochs, validation metrics, ...); {} when none
+    history_series       how many series' history the checkpoint carries (they start warm when served)
 
 A defect of the file raises :class:`~detector.errors.CheckpointError` (one line), as every other reader does.
 """
@@ -50,6 +51,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "heads": {"window": _head(ckpt.window), "step": None if ckpt.step is None else _head(ckpt.step)},
         "calibrated": checkpoint.is_calibrated(ckpt),
         "training": ckpt.training,
+        "history_series": 0 if ckpt.history is None else len(ckpt.history),
     }
 
 
@@ -90,6 +92,7 @@ def render(info: dict[str, Any]) -> list[str]:
             )
     if not info["calibrated"]:
         lines.append("                uncalibrated: its threshold is a placeholder; run `detector calibrate`")
+    lines.append(f"history         {info['history_series']:,} series start warm (their training history)")
     lines.extend(_training_lines(info["training"]))
     return lines
 

@@ -1,5 +1,6 @@
 """Evaluating a checkpoint on a labelled recording (metrics and plots) through a :class:`Scorer`, with the
-scores that serving gives (:func:`detector.serve.model_check.build_scorer` builds one from the settings)."""
+scores that serving gives (each window placed against its series' earlier windows in the recording's order;
+:func:`detector.serve.model_check.build_scorer` builds one from the settings)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.model.context import contexts_in_order
 from detector.model.metrics import binary_metrics
 from detector.scoring import Scorer
 from detector.windows import WindowSet
@@ -19,7 +21,10 @@ def evaluate(scorer: Scorer, data: WindowSet, out: Path) -> dict[str, Any]:
 
     assert data.labels is not None
     ckpt = scorer.checkpoint
-    scores = scorer.score(data.values)
+    scores = scorer.score(
+        data.values,
+        contexts_in_order(data.series_ids, data.values, data.starts, data.step_ms, scorer.checkpoint.history),
+    )
     prob = scores.probability
     y = data.labels.max(axis=1)
     metrics: dict[str, Any] = {

@@ -21,6 +21,7 @@ import torch
 from detector.codec import Window
 from detector.model import calibration
 from detector.model.checkpoint import Checkpoint
+from detector.model.context import cold_contexts
 from detector.model.features import InputStats, prepare
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -70,8 +71,8 @@ class _Graph(torch.nn.Module):
         self.net = net if dtype == torch.float32 else copy.deepcopy(net).to(dtype)
         self.stats, self.dtype = stats, dtype
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.net(prepare(x, self.stats).to(self.dtype))
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net(prepare(x, context, self.stats).to(self.dtype))
         window = out.window.float()
         empty = window.new_zeros(0)
         step = out.step.float() if out.step is not None else empty
@@ -83,14 +84,17 @@ def _compile(
 ) -> torch.jit.ScriptModule | None:
     """The frozen traced graph of :class:`_Graph`, or None where tracing fails (the eager path then serves)."""
     example = torch.zeros((2, *shape), dtype=torch.float32)
+    example_context = torch.from_numpy(cold_contexts(example.numpy()))
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the normalisation constants are baked in, as intended
-            graph = torch.jit.freeze(torch.jit.trace(_Graph(net, stats, dtype).eval(), example, check_trace=False))
+            graph = torch.jit.freeze(
+                torch.jit.trace(_Graph(net, stats, dtype).eval(), (example, example_context), check_trace=False)
+            )
             # TorchScript profiles the first calls and optimises the graph on a later one: that cost is paid
             # here, by whoever builds the scorer, not by its first batch.
             for _ in range(WARMUP_CALLS):
-                graph(example)
+                graph(example, example_context)
             return graph
     except Exception:  # any tracing failure leaves the (slower) eager path, never a broken one
         return None
@@ -145,9 +149,12 @@ class Scorer:
         return self.checkpoint.version
 
     def logits(
-        self, values: np.ndarray, pool: Executor | None = None
+        self, values: np.ndarray, contexts: np.ndarray | None = None, pool: Executor | None = None
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Raw logits for windows (B, T, F): window (B,), step (B, T) or None, event (B, K) or None.
+
+        ``contexts`` (B, 2F + 1) place each window against its series' history
+        (:mod:`detector.model.context`); None scores every window as a cold series (its own context).
 
         A batch larger than ``chunk`` is scored a chunk at a time; with ``pool`` (CPU only) the chunks are
         scored concurrently on its threads, which pays when each runs torch on one thread
@@ -155,24 +162,29 @@ class Scorer:
         outrun one pass on N OpenMP threads, whose barriers stall whenever another process holds a core.
         """
         x = np.ascontiguousarray(values, dtype=np.float32)
+        c = cold_contexts(x) if contexts is None else np.ascontiguousarray(contexts, dtype=np.float64)
+        if c.shape != (len(x), 2 * x.shape[2] + 1):
+            raise ValueError(f"contexts of shape {c.shape} for {len(x)} windows of {x.shape[2]} features")
         if len(x) <= self.chunk:
-            return self._forward(x)
-        chunks = [x[lo : lo + self.chunk] for lo in range(0, len(x), self.chunk)]
+            return self._forward(x, c)
+        spans = [(x[lo : lo + self.chunk], c[lo : lo + self.chunk]) for lo in range(0, len(x), self.chunk)]
         if pool is not None and self.device.type == "cpu":
-            parts = list(pool.map(self._forward, chunks))
+            parts = list(pool.map(lambda span: self._forward(*span), spans))
         else:
-            parts = [self._forward(c) for c in chunks]
+            parts = [self._forward(*span) for span in spans]
         window = np.concatenate([p[0] for p in parts])
         step = np.concatenate([p[1] for p in parts]) if parts[0][1] is not None else None
         event = np.concatenate([p[2] for p in parts]) if parts[0][2] is not None else None
         return window, step, event
 
     @torch.inference_mode()
-    def _forward(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """One forward pass over contiguous float32 windows (B, T, F), B <= chunk."""
-        x = torch.from_numpy(values)
+    def _forward(
+        self, values: np.ndarray, contexts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One forward pass over contiguous float32 windows (B, T, F) and their float64 contexts, B <= chunk."""
+        x, c = torch.from_numpy(values), torch.from_numpy(contexts)
         if self.compiled is not None:
-            window, step, event = self.compiled(x)
+            window, step, event = self.compiled(x, c)
             has_step, has_event = self.net.step_head is not None, self.net.event_head is not None
             return (
                 window.numpy(),
@@ -180,8 +192,8 @@ class Scorer:
                 torch.softmax(event, dim=1).numpy() if has_event else None,
             )
         if self.device.type == "cuda":
-            x = self._to_device(x)
-        inputs = prepare(x, self.stats)
+            x, c = self._to_device(x), c.to(self.device)
+        inputs = prepare(x, c, self.stats)
         with torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.float32,
@@ -203,11 +215,11 @@ class Scorer:
         staged.copy_(x)
         return staged.to(self.device, non_blocking=True)
 
-    def score(self, values: np.ndarray, pool: Executor | None = None) -> Scores:
-        """Score windows (B, T, F) of the checkpoint's shape; ``pool`` as in :meth:`logits`."""
+    def score(self, values: np.ndarray, contexts: np.ndarray | None = None, pool: Executor | None = None) -> Scores:
+        """Score windows (B, T, F) of the checkpoint's shape; ``contexts`` and ``pool`` as in :meth:`logits`."""
         if values.ndim != 3 or values.shape[1:] != self.shape:
             raise ValueError(f"windows of shape {values.shape[1:]}, the model expects {self.shape}")
-        window, step, event = self.logits(values, pool)
+        window, step, event = self.logits(values, contexts, pool)
         ck = self.checkpoint
         prob = calibration.apply(ck.window.calibration, window)
         step_prob = step_flag = None

@@ -22,6 +22,7 @@ from detector.cli import main
 from detector.errors import CheckpointError, CheckpointRejected
 from detector.model import checkpoint
 from detector.model.checkpoint import Checkpoint
+from detector.model.features import input_channels
 from detector.model.train import train
 from detector.serve.metrics import PrometheusObserver
 from detector.serve.model_check import validated_scorer
@@ -76,7 +77,8 @@ def _set(*path_and_value: Any) -> Callable[[Meta], None]:
 
 def _nan_weights(state: State) -> None:
     for name in state:
-        state[name] = torch.full_like(state[name], float("nan"))
+        if not name.startswith(checkpoint.HISTORY):
+            state[name] = torch.full_like(state[name], float("nan"))
 
 
 def _narrow_hidden_weights(state: State) -> None:
@@ -196,8 +198,8 @@ def test_weights_that_do_not_fit_the_architecture_are_refused_before_a_network_i
         (_set("window_length", "16"), "window_length '16'"),
         (_set("features", [f"f{i}" for i in range(checkpoint.MAX_FEATURES + 1)]), "feature count 257"),
         (_set("features", []), "feature count 0"),
-        (_set("normalisation", "std", [0.0] * 6), "std holds a value <= 0"),
-        (_set("normalisation", "mean", [math.nan] * 6), "mean holds a value that is not a finite number"),
+        (_set("normalisation", "std", [0.0] * input_channels(2)), "std holds a value <= 0"),
+        (_set("normalisation", "mean", [math.nan] * input_channels(2)), "mean holds a value that is not a finite"),
         (_set("heads", "window", {"calibration": [], "threshold": 0.5, "rule": "0.5"}), "window head"),
         (_set("heads", []), "corrupt"),
     ],

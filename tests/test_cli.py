@@ -63,8 +63,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             == 0
         )
     config = d / "small.yaml"
-    config.write_text("train:\n  steps_per_epoch: 4\n  batch_size: 32\n  network:\n    hidden_size: 8\n")
-    assert run("train", "--data", paths["train"], "--out", d / "m.ckpt", "--epochs", 2, "--config", config) == 0
+    config.write_text("train:\n  steps_per_epoch: 10\n  batch_size: 32\n  network:\n    hidden_size: 8\n")
+    assert run("train", "--data", paths["train"], "--out", d / "m.ckpt", "--epochs", 5, "--config", config) == 0
     assert (
         run(
             "calibrate",

@@ -136,7 +136,7 @@ def test_chunked_and_pooled_scoring_agree_with_one_pass(variant, small_data):
     whole = Scorer(variant["isotonic"], chunk=len(small_data)).score(small_data.values)
     chunked = Scorer(variant["isotonic"], chunk=5)
     with ThreadPoolExecutor(3) as pool:
-        for scores in (chunked.score(small_data.values), chunked.score(small_data.values, pool)):
+        for scores in (chunked.score(small_data.values), chunked.score(small_data.values, pool=pool)):
             np.testing.assert_allclose(scores.window_logit, whole.window_logit, atol=1e-5)
             np.testing.assert_allclose(scores.probability, whole.probability, atol=1e-5)
             if whole.step_logit is not None:
@@ -170,7 +170,9 @@ def test_checkpoint_rebuilds_without_outside_config(fit_tiny, tmp_path):
 
 def _corruptions(good: bytes, tmp_path) -> dict[str, bytes]:
     meta_foreign = save_tensors({"w": torch.zeros(2)}, metadata={"framework": "other"})
-    wrong_version = good.replace(b'\\"format_version\\":1', b'\\"format_version\\":99')
+    wrong_version = good.replace(
+        f'\\"format_version\\":{checkpoint.FORMAT_VERSION}'.encode(), b'\\"format_version\\":99'
+    )
     assert wrong_version != good
     pickled = tmp_path / "pickle.pt"
     torch.save({"state": torch.zeros(2)}, pickled)

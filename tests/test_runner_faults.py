@@ -208,8 +208,8 @@ def test_an_alert_refused_for_good_sends_its_window_to_the_dlq(scorer):
         def __getattr__(self, name: str) -> Any:
             return getattr(self.inner, name)
 
-        def score(self, values: np.ndarray, pool: Any = None) -> Any:
-            scores = self.inner.score(values)
+        def score(self, values: np.ndarray, contexts: Any = None, pool: Any = None) -> Any:
+            scores = self.inner.score(values, contexts)
             scores.flag[:] = True
             return scores
 

@@ -204,3 +204,54 @@ def test_scores_are_causal_changing_later_rows_leaves_earlier_records_unchanged(
     before = 120 - length + 1  # windows 0 .. before-1 end before row 120
     assert outs[0][:before] == outs[1][:before]
     assert outs[0][before:] != outs[1][before:]
+
+
+def consecutive(series_id: str, rows: np.ndarray, length: int, first_id: int = 0) -> list[dict]:
+    """Windows of ``length`` rows one after the other, with times and explicit ids."""
+    return [
+        {
+            "series_id": series_id,
+            "window_id": f"{series_id}-{first_id + k}",
+            "start": 1_000 * k * length,
+            "step_ms": 1_000,
+            "values": rows[k * length : (k + 1) * length].tolist(),
+        }
+        for k in range(len(rows) // length)
+    ]
+
+
+def test_a_window_is_judged_against_its_own_series_history_and_no_other(scorer, tmp_path):
+    """The same last window scores differently after a quiet history than after a wild one; another
+    series' rows, interleaved, change nothing; the runner holds one history per series."""
+    length, n_features = scorer.shape
+    rng = np.random.default_rng(9)
+    last = rng.normal(0, 1.0, (length, n_features))
+    quiet = np.concatenate([rng.normal(0, 0.05, (10 * length, n_features)), last])
+    wild = np.concatenate([rng.normal(0, 50.0, (10 * length, n_features)), last])
+    runs = {}
+    for name, windows in (
+        ("quiet", consecutive("s", quiet, length)),
+        ("wild", consecutive("s", wild, length)),
+        (
+            "mixed",
+            [
+                w
+                for pair in zip(consecutive("s", quiet, length), consecutive("o", wild, length), strict=True)
+                for w in pair
+            ],
+        ),
+    ):
+        rec = tmp_path / f"{name}.jsonl"
+        recordings.write(rec, windows)
+        sink = FileSink(
+            tmp_path / f"{name}.out", tmp_path / f"{name}.dlq", output_topic=OUTPUT_TOPIC, dlq_topic=DLQ_TOPIC
+        )
+        runner = Runner(FileSource(rec), sink, scorer, RunnerConfig(OUTPUT_TOPIC, DLQ_TOPIC, event_time=True))
+        runner.run()
+        sink.close()
+        runs[name] = {r["window_id"]: r for r in lines_of(tmp_path / f"{name}.out")}
+        seeded = len(scorer.checkpoint.history or ())  # the series the model was trained on start warm
+        assert runner.series_held == seeded + (2 if name == "mixed" else 1)
+    final = "s-10"
+    assert runs["quiet"][final]["step_probabilities"] != runs["wild"][final]["step_probabilities"]
+    assert runs["quiet"][final] == runs["mixed"][final]

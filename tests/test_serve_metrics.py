@@ -220,3 +220,18 @@ def test_the_checkpoint_rejected_gauge_reads_the_watcher_at_every_scrape():
     assert scraped() == 0
     state[0] = True
     assert scraped() == 1
+
+
+def test_the_series_held_gauge_reads_the_runner_at_every_scrape():
+    """detector_series_held follows the count it watches, scrape by scrape."""
+    obs = PrometheusObserver()
+    held = [0]
+    obs.watch_series(lambda: held[0])
+
+    def scraped() -> float:
+        scrape = families(generate_latest(obs.registry).decode())
+        return value(scrape["detector_series_held"], "detector_series_held")
+
+    assert scraped() == 0
+    held[0] = 1234
+    assert scraped() == 1234

@@ -15,6 +15,7 @@ import pytest
 
 from detector.codec import encode_f32
 from detector.model import checkpoint
+from detector.model.context import contexts_in_order
 from detector.model.train import train
 from detector.processes import StopSignals
 from detector.scoring import Scorer
@@ -65,9 +66,9 @@ class SlowScorer:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def score(self, values: np.ndarray, pool: Any = None) -> Any:
+    def score(self, values: np.ndarray, contexts: Any = None, pool: Any = None) -> Any:
         time.sleep(self.seconds)
-        return self.inner.score(values, pool)
+        return self.inner.score(values, contexts, pool)
 
 
 def config(**changes: Any) -> RunnerConfig:
@@ -280,7 +281,12 @@ def test_a_batch_under_way_keeps_the_outputs_of_its_partitions_not_revoked(score
     counts = runner.run(idle_timeout_s=0.2)
     assert counts.dropped_on_revoke == 6
     assert output_ids(sink) == ids[1::2]  # partition 1 in order, partition 0 not at all
-    expected = scorer.score(np.stack([np.array(window(scorer, i, series="s-1")["values"]) for i in range(1, 12, 2)]))
+    kept = [window(scorer, i, series="s-1") for i in range(1, 12, 2)]
+    values = np.array([w["values"] for w in kept], dtype=np.float32)
+    contexts = contexts_in_order(  # each window against the rows of its series before it, as the runner gives
+        [w["series_id"] for w in kept], values, [w["start"] for w in kept], [w["step_ms"] for w in kept]
+    )
+    expected = scorer.score(values, contexts)
     np.testing.assert_allclose([r["probability"] for r in sink.values(OUT)], expected.probability, atol=1e-5)
     assert source.committed == {TopicPartition(TOPIC, 0): 0, TopicPartition(TOPIC, 1): 6}
 

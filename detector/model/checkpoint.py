@@ -16,7 +16,8 @@ small file cannot make a reader allocate more than the limits allow:
     parameters         at most MAX_PARAMETERS (25 million: 100 MB in float32) implied by the architecture
     weights            exactly the tensor names and shapes the architecture implies
     thresholds         probabilities in [0, 1], or THRESHOLD_MAX, just above 1, to flag nothing (both heads)
-    normalisation      finite means, finite positive standard deviations, 3 per feature
+    series history     at most MAX_HISTORY_BYTES (64 MiB) of block summaries, consistent and finite
+    normalisation      finite means, finite positive standard deviations, 5 per feature and 1 more
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ from safetensors.torch import save as save_tensors
 from detector.errors import CheckpointError
 from detector.model import calibration
 from detector.model.config import NetworkConfig
-from detector.model.features import CHANNELS_PER_FEATURE, NORMALISATION, InputStats
+from detector.model.context import BLOCK_ROWS, HISTORY_BLOCKS, HistoryState
+from detector.model.features import NORMALISATION, InputStats, input_channels
 from detector.model.network import DetectorNet
 from detector.model.thresholds import FLAG_NOTHING
 
 FORMAT = "detector-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: inputs carry the series' history (normalisation window-robust-diff-history-v2)
 UNCALIBRATED: dict[str, Any] = {"method": "none"}
 
 MAX_HEADER_BYTES = 4 << 20
@@ -52,6 +54,8 @@ MAX_WINDOW_LENGTH = 4096
 MAX_FEATURES = 256
 MAX_WINDOW_VALUES = 65_536
 MAX_PARAMETERS = 25_000_000
+MAX_HISTORY_BYTES = 64 << 20
+HISTORY = "history."  # tensor names of the series history start with this
 # Thresholds compare with probabilities in [0, 1]; the one value above 1 is what a precision or false-alarm
 # rule picks when no threshold meets its target, so that nothing is flagged.
 THRESHOLD_MAX = FLAG_NOTHING
@@ -78,6 +82,8 @@ class Checkpoint:
     window: Head = Head()
     step: Head | None = None  # present when the per-step head is on
     training: dict[str, Any] = field(default_factory=dict)
+    # The series history the training recording left (detector.model.context): serving starts from it.
+    history: HistoryState | None = None
     version: str = ""
 
     @property
@@ -90,7 +96,7 @@ class Checkpoint:
 
     def build(self) -> DetectorNet:
         """The network with these weights, in eval mode, on the CPU."""
-        net = DetectorNet(self.network, self.n_features * CHANNELS_PER_FEATURE)
+        net = DetectorNet(self.network, input_channels(self.n_features))
         net.load_state_dict(self.state)
         return net.eval()
 
@@ -111,6 +117,7 @@ def _metadata(ckpt: Checkpoint) -> dict[str, Any]:
         "normalisation": {"kind": NORMALISATION, "mean": list(ckpt.stats.mean), "std": list(ckpt.stats.std)},
         "heads": {"window": head(ckpt.window), "step": head(ckpt.step)},
         "training": ckpt.training,
+        "history": None if ckpt.history is None else {"series": list(ckpt.history.series)},
     }
 
 
@@ -118,6 +125,9 @@ def to_bytes(ckpt: Checkpoint) -> bytes:
     """The file content; deterministic for equal checkpoints."""
     meta = json.dumps(_metadata(ckpt), sort_keys=True, separators=(",", ":"))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in ckpt.state.items()}
+    if ckpt.history is not None:
+        for name in ("blocks", "partial", "counts"):
+            tensors[HISTORY + name] = torch.from_numpy(getattr(ckpt.history, name)).contiguous()
     return save_tensors(tensors, metadata={"detector": meta})
 
 
@@ -165,12 +175,42 @@ def _count(value: Any, what: str, limit: int) -> int:
 
 def _numbers(values: Any, what: str, count: int, positive: bool = False) -> tuple[float, ...]:
     if not isinstance(values, list) or len(values) != count:
-        raise ValueError(f"normalisation {what} does not hold {count} numbers (3 per feature)")
+        raise ValueError(f"normalisation {what} does not hold {count} numbers (one per input channel)")
     if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise ValueError(f"normalisation {what} holds a value that is not a finite number")
     if positive and min(values) <= 0:
         raise ValueError(f"normalisation {what} holds a value <= 0")
     return tuple(float(v) for v in values)
+
+
+def _history_header(raw: Any, header: dict[str, Any], n_features: int) -> tuple[str, ...] | None:
+    """The series of the history the header declares (None: none), once its tensors' names, types and
+    shapes are those of a HistoryState of that many series within MAX_HISTORY_BYTES (from the header
+    alone, before anything is read)."""
+    names = {name for name in header if name.startswith(HISTORY)}
+    if raw is None:
+        if names:
+            raise ValueError(f"tensors {sorted(names)} without a history")
+        return None
+    series = raw.get("series") if isinstance(raw, dict) else None
+    if not isinstance(series, list) or not all(isinstance(x, str) for x in series):
+        raise ValueError("history series is not a list of strings")
+    s = len(series)
+    expected = {
+        HISTORY + "blocks": ("F64", [s, HISTORY_BLOCKS, 3, n_features]),
+        HISTORY + "partial": ("F64", [s, BLOCK_ROWS, n_features]),
+        HISTORY + "counts": ("I64", [s, 3]),
+    }
+    if names != expected.keys():
+        raise ValueError(f"history tensors {sorted(names)}, expected {sorted(expected)}")
+    for name, (dtype, shape) in expected.items():
+        entry = header[name]
+        if not isinstance(entry, dict) or entry.get("dtype") != dtype or entry.get("shape") != shape:
+            raise ValueError(f"history tensor {name} is not {dtype} of shape {shape}")
+    size = s * (HISTORY_BLOCKS * 3 + BLOCK_ROWS) * n_features * 8
+    if size > MAX_HISTORY_BYTES:
+        raise ValueError(f"a history of {size:,} bytes, the limit is {MAX_HISTORY_BYTES:,}")
+    return tuple(series)
 
 
 def _weight_shapes(network: NetworkConfig, in_channels: int) -> dict[str, tuple[int, ...]]:
@@ -187,7 +227,7 @@ def _check_weights(header: dict[str, Any], expected: dict[str, tuple[int, ...]])
         raise ValueError(f"the architecture has {parameters:,} parameters, the limit is {MAX_PARAMETERS:,}")
     found: dict[str, Any] = {}
     for name, entry in header.items():
-        if name != "__metadata__":
+        if name != "__metadata__" and not name.startswith(HISTORY):
             found[name] = entry.get("shape") if isinstance(entry, dict) else None
     for name in sorted(expected.keys() | found.keys()):
         if name not in found:
@@ -246,21 +286,31 @@ def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
             )
         norm = meta["normalisation"]
         if norm["kind"] != NORMALISATION:
-            raise ValueError(f"unknown normalisation {norm['kind']!r}")
-        channels = n_features * CHANNELS_PER_FEATURE
+            raise ValueError(
+                f"normalisation {norm['kind']!r}, this detector reads {NORMALISATION!r} (train the model again)"
+            )
+        channels = input_channels(n_features)
         stats = InputStats(_numbers(norm["mean"], "mean", channels), _numbers(norm["std"], "std", channels, True))
         heads = meta["heads"]
         window, step = _head(heads["window"], "window"), _head(heads["step"], "step")
         _check_weights(header, _weight_shapes(network, channels))
+        history_series = _history_header(meta.get("history"), header, n_features)
+        tensors = load_tensors(data)
+        history = None
+        if history_series is not None:
+            blocks, partial, counts = (tensors.pop(HISTORY + name).numpy() for name in ("blocks", "partial", "counts"))
+            history = HistoryState(history_series, blocks, partial, counts)
+            history.check()
         ckpt = Checkpoint(
             network=network,
-            state=load_tensors(data),
+            state=tensors,
             window_length=window_length,
             feature_names=tuple(str(f) for f in features),
             stats=stats,
             window=window or Head(),
             step=step,
             training=dict(meta.get("training") or {}),
+            history=history,
             version=content_version(data),
         )
         ckpt.build()  # the weights load into the network

@@ -27,6 +27,9 @@ class NetworkConfig(BaseModel):
     window_head: bool = True  # one logit per window, from the pooled hidden states
     pooling: Pooling = "attention"  # how the window head pools: last hidden state, mean, max or attention
     step_head: bool = True  # one logit per time step; trained jointly with the window head when both are on
+    # The step head also reads the step's own input channels through a linear path past the LSTM, so that a
+    # step far from its series' history can raise its logit directly.
+    step_skip: bool = True
     event_types: list[str] = Field(default_factory=list)  # names for the optional multi-class head; empty = off
     binary_bottleneck: int = Field(default=0, ge=0)  # >0: a straight-through 0/1 code of this width before the heads
 

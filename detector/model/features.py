@@ -8,8 +8,15 @@ Each window is therefore made scale-free on its own, per feature, before the net
     change = asinh(diff(x) / scale)                    step-to-step change, compressed
     quiet  = log(|diff(x)| / scale + 1e-2)             very negative on flat lines, large on bursts
 
-giving 3 channels per feature. Those channels are then standardised with a mean and std per channel
-measured on training data; those ``InputStats`` travel in the checkpoint.
+and, against the series' own history (:mod:`detector.model.context`: a location and scale per feature),
+
+    history = asinh((x - location) / scale)            where the window sits against its series' past
+    distance = |history|                               how far from it, whichever side
+
+giving 5 channels per feature, then one shared channel, the context's warmth (how much history stands
+behind the location and scale; 0 for a cold series, whose window is its own context). Those channels are
+then standardised with a mean and std per channel measured on training data; those ``InputStats`` travel
+in the checkpoint.
 """
 
 from __future__ import annotations
@@ -18,13 +25,22 @@ from dataclasses import dataclass
 
 import torch
 
-CHANNELS_PER_FEATURE = 3
-NORMALISATION = "window-robust-diff-v1"
+CHANNELS_PER_FEATURE = 5
+SHARED_CHANNELS = 1
+NORMALISATION = "window-robust-diff-history-v2"
 
 
-def robust_channels(x: torch.Tensor) -> torch.Tensor:
-    """Raw windows (B, T, F) -> scale-free channels (B, T, 3F), float32, finite for any finite input."""
+def input_channels(n_features: int) -> int:
+    """Network input channels for windows of ``n_features`` features."""
+    return n_features * CHANNELS_PER_FEATURE + SHARED_CHANNELS
+
+
+def robust_channels(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Raw windows (B, T, F) and their contexts (B, 2F + 1) -> scale-free channels (B, T, 5F + 1), float32,
+    finite for any finite input and any context with positive scales."""
     x = x.to(torch.float64)  # float32 loses the noise of a series around 10^6
+    context = context.to(torch.float64)
+    f = x.shape[2]
     med = x.median(dim=1, keepdim=True).values  # (B, 1, F)
     d = torch.diff(x, dim=1, prepend=x[:, :1])  # (B, T, F); first step has no change
     dd = d[:, 1:]
@@ -35,7 +51,9 @@ def robust_channels(x: torch.Tensor) -> torch.Tensor:
     level = torch.asinh((x - med) / scale)
     change = torch.asinh(d / scale)
     quiet = torch.log(d.abs() / scale + 1e-2)
-    return torch.cat([level, change, quiet], dim=2).to(torch.float32)
+    history = torch.asinh((x - context[:, None, :f]) / context[:, None, f : 2 * f])
+    warmth = context[:, None, 2 * f :].expand(-1, x.shape[1], -1)
+    return torch.cat([level, change, quiet, history, history.abs(), warmth], dim=2).to(torch.float32)
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,6 @@ class InputStats:
         return (channels - mean) / std
 
 
-def prepare(x: torch.Tensor, stats: InputStats) -> torch.Tensor:
-    """Raw windows (B, T, F) -> standardised network inputs (B, T, 3F)."""
-    return stats.apply(robust_channels(x))
+def prepare(x: torch.Tensor, context: torch.Tensor, stats: InputStats) -> torch.Tensor:
+    """Raw windows (B, T, F) and contexts (B, 2F + 1) -> standardised network inputs (B, T, 5F + 1)."""
+    return stats.apply(robust_channels(x, context))

@@ -30,6 +30,7 @@ class EventSpec:
     drift_length: tuple[int, int] = (12, 40)
     all_features_share: float = 0.3  # chance that an event hits every feature rather than one
     gain: tuple[float, float] = (1.0, 1.0)  # extra log-uniform factor on every size (training widens it)
+    tail_share: float = 0.0  # chance that an event runs to the window's last step (one still under way)
 
 
 def noise_scale(x: np.ndarray) -> np.ndarray:
@@ -52,12 +53,14 @@ def inject_event(
 ) -> tuple[np.ndarray, str]:
     """Write one random event into ``x`` (shape (T, F), changed in place); return its step mask and kind.
 
-    The mask is 1 on every step whose value the event changed. ``scale`` (F,) is the noise scale to size
-    the event by; measured from ``x`` when not given.
+    The mask is 1 on every step whose value the event changed. ``scale`` (F,) is the scale to size the
+    event by; the window's noise scale (:func:`noise_scale`) when not given.
     """
     spec = spec or EventSpec()
     kind = kind or EVENT_KINDS[int(rng.integers(len(EVENT_KINDS)))]
     t_len, n_feat = x.shape
+    if start is None and spec.tail_share > 0 and rng.random() < spec.tail_share:
+        start = t_len  # placed as late as its length allows: it ends on the last step
     sigma = noise_scale(x) if scale is None else scale
     if n_feat > 1 and rng.random() < spec.all_features_share:
         feats = np.arange(n_feat)
@@ -107,15 +110,18 @@ def inject_batch(
     rate: float,
     kinds: Sequence[str] = EVENT_KINDS,
     spec: EventSpec | None = None,
+    scales: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Inject one event into a random ``rate`` share of windows (values (N, T, F)); return a copy.
 
-    Returns (values, step masks (N, T) int8, kind per window or "" where none was injected).
+    ``scales`` (N, F) sizes each window's event (default: the window's own noise scale). Returns (values,
+    step masks (N, T) int8, kind per window or "" where none was injected).
     """
     out = values.copy()
     masks = np.zeros(values.shape[:2], dtype=np.int8)
     names = [""] * len(values)
     for i in np.flatnonzero(rng.random(len(values)) < rate):
         kind = kinds[int(rng.integers(len(kinds)))]
-        masks[i], names[i] = inject_event(out[i], rng, kind=kind, spec=spec)
+        scale = None if scales is None else scales[i]
+        masks[i], names[i] = inject_event(out[i], rng, kind=kind, spec=spec, scale=scale)
     return out, masks, names

@@ -65,6 +65,7 @@ class DetectorNet(nn.Module):
             self.bottleneck = nn.Sequential(nn.Linear(width, c.binary_bottleneck), BinaryActivation())
             width = c.binary_bottleneck
         self.step_head = nn.Linear(width, 1) if c.step_head else None
+        self.step_skip = nn.Linear(in_channels, 1, bias=False) if c.step_head and c.step_skip else None
         self.attention = nn.Linear(width, 1) if c.window_head and c.pooling == "attention" else None
         self.window_head = nn.Linear(width, 1) if c.window_head else None
         self.event_head = nn.Linear(width, len(c.event_types)) if c.event_types else None
@@ -95,6 +96,8 @@ class DetectorNet(nn.Module):
             h = self.bottleneck(h)
             h_last = self.bottleneck(h_last)
         step = self.step_head(h).squeeze(-1) if self.step_head is not None else None  # (B, T)
+        if step is not None and self.step_skip is not None:
+            step = step + self.step_skip(x).squeeze(-1)
         pooled = self.pool(h, h_last) if (self.window_head is not None or self.event_head is not None) else None
         if self.window_head is not None:
             window = self.window_head(pooled).squeeze(-1)  # (B,)

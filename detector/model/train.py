@@ -2,7 +2,10 @@
 
 Labelled windows alone are few and overfit, so each training batch is drawn fresh: windows re-cut at random
 offsets from the contiguous series the recording holds, channels permuted and signs flipped at random, and
-a share of them given a synthetic event (:mod:`detector.model.inject`). An epoch is a fixed number of such
+a share of them given a synthetic event (:mod:`detector.model.inject`), sized on the window's noise or on
+its series' level scale. Each window comes with the context of its series' rows before it
+(:mod:`detector.model.context`), drawn as serving gives it, and cut short or cold for a share of windows so
+that the model learns new series too. An epoch is a fixed number of such
 batches, so training time does not grow with the recording. Validation uses held-out series as they are
 (with injected events when training with ``inject``); early stopping keeps the best validation loss.
 Seeded and deterministic on the CPU.
@@ -22,24 +25,66 @@ import torch
 from torch import nn
 
 from detector.errors import TrainingError
-from detector.model.checkpoint import Checkpoint, Head
+from detector.model.checkpoint import MAX_HISTORY_BYTES, Checkpoint, Head
 from detector.model.config import TrainConfig
-from detector.model.features import CHANNELS_PER_FEATURE, InputStats, robust_channels
-from detector.model.inject import EVENT_KINDS, EventSpec, inject_batch
+from detector.model.context import (
+    BLOCK_ROWS,
+    HISTORY_BLOCKS,
+    cold_contexts,
+    contexts_in_order,
+    history_after,
+    series_blocks,
+    warm_context,
+)
+from detector.model.features import InputStats, input_channels, robust_channels
+from detector.model.inject import EVENT_KINDS, EventSpec, inject_batch, noise_scale
 from detector.model.metrics import binary_metrics
 from detector.model.network import DetectorNet
 from detector.windows import WindowSet
 
 # Training events are sized on the window's own step-to-step noise, which for smooth (autocorrelated)
 # series is far below the series' overall noise that real events are measured against: widen the sizes.
-TRAINING_EVENTS = EventSpec(gain=(1.0, 3.0))
+# Half the events end on the window's last step (an incident still under way when the window is scored),
+# and level shifts may span the whole window.
+TRAINING_EVENTS = EventSpec(gain=(1.0, 30.0), shift_length=(8, 64), tail_share=0.5)
+HISTORY_SIZED = 0.75  # share of injected events sized on the series' level scale rather than the window's noise
+COLD_SHARE = 0.15  # share of training windows whose history is cut short (down to none: a cold series)
 
 
 @dataclass
 class Batch:
     values: np.ndarray  # (B, T, F)
+    contexts: np.ndarray  # (B, 2F + 1) float64
     labels: np.ndarray  # (B, T) int8
     kinds: list[str]  # event type per window, "none" without one
+
+
+def _grid_contexts(blocks: np.ndarray, n_features: int) -> np.ndarray:
+    """Contexts (k + 1, 2F + 1) of a series whose block summaries are ``blocks`` (k, 3, F), with history
+    ending after 0, 1, ..., k blocks: NaN where none (the window is its own context)."""
+    out = np.full((len(blocks) + 1, 2 * n_features + 1), np.nan)
+    for k in range(1, len(blocks) + 1):
+        out[k] = warm_context(blocks[max(0, k - HISTORY_BLOCKS) : k])
+    return out
+
+
+def _fill_cold(contexts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``contexts`` with its NaN rows (cold) replaced by the window's own context."""
+    cold = np.isnan(contexts[:, 0])
+    if cold.any():
+        contexts = contexts.copy()
+        contexts[cold] = cold_contexts(values[cold])
+    return contexts
+
+
+def _event_scales(values: np.ndarray, contexts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per window (N, F): the window's noise scale, or for a random HISTORY_SIZED share the context's level
+    scale, so that the model learns events both against the window and against the series' past."""
+    f = values.shape[2]
+    scales = np.stack([noise_scale(v) for v in values])
+    by_level = rng.random(len(values)) < HISTORY_SIZED
+    scales[by_level] = contexts[by_level, f : 2 * f]
+    return scales
 
 
 class BatchSampler:
@@ -67,29 +112,53 @@ class BatchSampler:
             ]
         room = np.array([len(v) - self.t + 1 for v, _ in self.segments], dtype=np.float64)
         self.weights = room / room.sum()
+        self.blocks = [series_blocks(v) for v, _ in self.segments]
+        self.grids = [_grid_contexts(b, v.shape[1]) for b, (v, _) in zip(self.blocks, self.segments, strict=True)]
+
+    def _context(self, s: int, end: int) -> np.ndarray:
+        """A context for the window of segment ``s`` ending before row ``end``: the blocks completed 1 to
+        T + BLOCK_ROWS rows before ``end`` (as serving gives), fewer of them for a COLD_SHARE of windows; NaN
+        where cold."""
+        rng = self.rng
+        k = max(0, end - int(rng.integers(1, self.t + BLOCK_ROWS + 1))) // BLOCK_ROWS
+        if rng.random() < COLD_SHARE:
+            held = int(rng.integers(0, min(k, HISTORY_BLOCKS) + 1))
+            if held == 0:
+                return self.grids[s][0]
+            return warm_context(self.blocks[s][k - held : k])
+        return self.grids[s][k]
 
     def sample(self, size: int) -> Batch:
         rng, t = self.rng, self.t
         seg_idx = rng.choice(len(self.segments), size=size, p=self.weights)
-        values = np.empty((size, t, self.segments[0][0].shape[1]), dtype=np.float32)
+        n_feat = self.segments[0][0].shape[1]
+        values = np.empty((size, t, n_feat), dtype=np.float32)
+        contexts = np.empty((size, 2 * n_feat + 1))
         labels = np.empty((size, t), dtype=np.int8)
         for j, s in enumerate(seg_idx):
             v, lab = self.segments[s]
             off = int(rng.integers(0, len(v) - t + 1))
             values[j] = v[off : off + t]
             labels[j] = lab[off : off + t]
-        n_feat = values.shape[2]
+            contexts[j] = self._context(s, off + t)
+        loc, scale, warmth = contexts[:, :n_feat], contexts[:, n_feat : 2 * n_feat], contexts[:, 2 * n_feat :]
         if self.cfg.permute_channels and n_feat > 1:
             perm = np.argsort(rng.random((size, n_feat)), axis=1)
             values = np.take_along_axis(values, perm[:, None, :], axis=2)
+            loc, scale = np.take_along_axis(loc, perm, axis=1), np.take_along_axis(scale, perm, axis=1)
         if self.cfg.flip_sign:
-            values = values * np.where(rng.random((size, 1, n_feat)) < 0.5, -1.0, 1.0).astype(np.float32)
+            sign = np.where(rng.random((size, n_feat)) < 0.5, -1.0, 1.0)
+            values = values * sign[:, None, :].astype(np.float32)
+            loc = loc * sign
+        contexts = np.concatenate([loc, scale, warmth], axis=1)
         kinds = ["none" if not lab.any() else "unknown" for lab in labels]
         if self.rate > 0:
-            values, masks, injected = inject_batch(values, rng, self.rate, spec=TRAINING_EVENTS)
+            sized = _event_scales(values, _fill_cold(contexts, values), rng)
+            values, masks, injected = inject_batch(values, rng, self.rate, spec=TRAINING_EVENTS, scales=sized)
             labels = labels | masks
             kinds = [k or kinds[i] for i, k in enumerate(injected)]
-        return Batch(values.astype(np.float32), labels, kinds)
+        values = values.astype(np.float32)
+        return Batch(values, _fill_cold(contexts, values), labels, kinds)
 
 
 def _split(data: WindowSet, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -191,18 +260,29 @@ def train(
     val_rng = np.random.default_rng(config.seed + 1)
     vi = val_rng.permutation(len(val_set))[: config.max_val_windows // 2]
     own_values = val_set.values[vi]
+    # Each held-out window's context is what replaying the held-out series in order gives it.
+    own_contexts = contexts_in_order(val_set.series_ids, val_set.values, val_set.starts, val_set.step_ms)[vi]
     own_labels = (
         val_set.labels[vi] if (val_set.labels is not None and not inject) else np.zeros(own_values.shape[:2], np.int8)
     )
     own_kinds = [val_set.event_types[i] or "none" for i in vi] if not inject else ["none"] * len(vi)
-    injected_values, masks, names = inject_batch(own_values, val_rng, 0.5, spec=TRAINING_EVENTS)
+    injected_values, masks, names = inject_batch(
+        own_values, val_rng, 0.5, spec=TRAINING_EVENTS, scales=_event_scales(own_values, own_contexts, val_rng)
+    )
+    cold = own_contexts[:, -1] == 0  # a cold context is measured on the window, events included
+    injected_contexts = own_contexts.copy()
+    injected_contexts[cold] = cold_contexts(injected_values[cold])
     val_values = np.concatenate([own_values, injected_values])
+    val_contexts = np.concatenate([own_contexts, injected_contexts])
     val_labels = np.concatenate([own_labels, own_labels | masks])
     val_kinds = own_kinds + [k or own_kinds[i] for i, k in enumerate(names)]
 
     # Input statistics and class balance, measured on a sample of training batches.
     probe = [sampler.sample(config.batch_size) for _ in range(max(4, 4096 // config.batch_size))]
-    probe_x = robust_channels(torch.from_numpy(np.concatenate([b.values for b in probe])))
+    probe_x = robust_channels(
+        torch.from_numpy(np.concatenate([b.values for b in probe])),
+        torch.from_numpy(np.concatenate([b.contexts for b in probe])),
+    )
     stats = InputStats.fit(probe_x)
     probe_y = np.concatenate([b.labels for b in probe])
     win_pos = probe_y.max(axis=1).mean()
@@ -212,20 +292,20 @@ def train(
     window_pw = float(min((1 - win_pos) / win_pos, 100.0))
     step_pw = float(min((1 - step_pos) / max(step_pos, 1e-6), 100.0))
 
-    def tensors(values: np.ndarray, labels: np.ndarray, kinds: list[str]):
-        x = stats.apply(robust_channels(torch.from_numpy(values)))
+    def tensors(values: np.ndarray, contexts: np.ndarray, labels: np.ndarray, kinds: list[str]):
+        x = stats.apply(robust_channels(torch.from_numpy(values), torch.from_numpy(contexts)))
         y = torch.from_numpy(labels.astype(np.float32))
         k = None
         if event_types:
             k = torch.tensor([event_types.index(s) if s in event_types else 0 for s in kinds])
         return x, y, k
 
-    net = DetectorNet(network, n_feat * CHANNELS_PER_FEATURE)
+    net = DetectorNet(network, input_channels(n_feat))
     objective = Objective(net, window_pw, step_pw, config.step_loss_weight)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.1)
-    vx, vy, vk = tensors(val_values, val_labels, val_kinds)
+    vx, vy, vk = tensors(val_values, val_contexts, val_labels, val_kinds)
 
     best_loss, best_state, best_epoch, stale = math.inf, copy.deepcopy(net.state_dict()), 0, 0
     history = []
@@ -235,7 +315,7 @@ def train(
         running = 0.0
         for _ in range(config.steps_per_epoch):
             b = sampler.sample(config.batch_size)
-            x, y, k = tensors(b.values, b.labels, b.kinds)
+            x, y, k = tensors(b.values, b.contexts, b.labels, b.kinds)
             loss = objective(x, y, k)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -282,6 +362,15 @@ def train(
         "seed": config.seed,
     }
     names = feature_names or [f"f{i}" for i in range(n_feat)]
+    # The history the training recording leaves, series by series in time order: serving starts from it.
+    order = sorted(range(len(data)), key=lambda i: (data.series_ids[i], data.starts[i] or 0, i))
+    left = history_after(
+        [data.series_ids[i] for i in order],
+        data.values[order],
+        [data.starts[i] for i in order],
+        [data.step_ms[i] for i in order],
+        MAX_HISTORY_BYTES,
+    )
     ckpt = Checkpoint(
         network=network,
         state={k: v.detach().clone() for k, v in net.state_dict().items()},
@@ -291,5 +380,6 @@ def train(
         window=Head(),
         step=Head() if network.step_head else None,
         training={k: v for k, v in summary.items() if k != "seconds"},
+        history=left,
     )
     return TrainResult(ckpt, summary)

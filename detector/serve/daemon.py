@@ -145,6 +145,7 @@ def _run(
             alerts=alerts,
         )
         signals.on_stop(runner.request_stop)
+        metrics.watch_series(lambda: runner.series_held)
         log.info(
             "serving",
             input_topic=settings.kafka.input_topic,

@@ -53,6 +53,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "detector_output_dropped_total",
     "detector_unreadable_records_total",
     "detector_checkpoint_rejected",
+    "detector_series_held",
 )
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -173,6 +174,11 @@ class PrometheusObserver:
             "1 while the checkpoint file holds content that the reload rejected (the previous model serves).",
             registry=r,
         )
+        self.series_held = Gauge(
+            "detector_series_held",
+            "Series whose recent history is held in memory (within limits.history_mib).",
+            registry=r,
+        )
         # Series that exist from the start, so that rate() and absent() work before the first event.
         for reason in REASONS:
             self.dead_letters.labels(reason=reason)
@@ -259,6 +265,11 @@ class PrometheusObserver:
     def watch_checkpoint(self, rejected: Callable[[], bool]) -> None:
         """``detector_checkpoint_rejected`` reads ``rejected()`` at every scrape (a watcher's ``rejected``)."""
         self.checkpoint_rejected.set_function(lambda: float(rejected()))
+
+    @_never_raises
+    def watch_series(self, held: Callable[[], int]) -> None:
+        """``detector_series_held`` reads ``held()`` at every scrape (the runner's ``series_held``)."""
+        self.series_held.set_function(lambda: float(held()))
 
     @_never_raises
     def reloaded(self, result: str) -> None:

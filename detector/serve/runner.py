@@ -69,6 +69,7 @@ import structlog
 from detector.alerting import AlertTracker
 from detector.codec import Window, default_window_id, encode_json
 from detector.errors import WindowError
+from detector.model.context import History
 from detector.retry import Backoff
 from detector.scoring import Scorer, Scores
 from detector.serve.checkpointing import CommitTracker
@@ -121,6 +122,7 @@ class RunnerConfig:
     max_held_bytes: int = 64 * 1024 * 1024  # no poll while the messages read ahead hold this many bytes
     dead_letter_log_s: float = 10.0  # at most one "dead letter" log line per reason this often
     event_time: bool = False  # scored_at from the input's own time, latency 0 (see the module docstring)
+    history_bytes: int = _LIMITS.history_mib << 20  # memory for per-series history (model.context.History)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunnerConfig:
@@ -132,6 +134,7 @@ class RunnerConfig:
             max_wait_s=settings.batch.max_wait_ms / 1000,
             max_message_bytes=settings.limits.max_message_bytes,
             alert_topic=settings.kafka.alert_topic,
+            history_bytes=settings.limits.history_mib << 20,
         )
 
 
@@ -154,10 +157,10 @@ class _InFlight:
 
 
 def _timed_score(
-    scorer: Scorer, values: np.ndarray, pool: Executor | None, clock: Callable[[], float]
+    scorer: Scorer, values: np.ndarray, contexts: np.ndarray, pool: Executor | None, clock: Callable[[], float]
 ) -> tuple[Scores, float]:
     started = clock()
-    return scorer.score(values, pool), clock() - started
+    return scorer.score(values, contexts, pool), clock() - started
 
 
 class Runner:
@@ -192,6 +195,8 @@ class Runner:
         self.reloads = reloads
         self.alerts = alerts if config.alert_topic else None
         self.score_pool = score_pool  # CPU threads that score a batch's chunks side by side (Scorer.logits)
+        self.history = History(config.history_bytes)  # each series' recent rows, fed in decode order
+        self._seed_history(scorer)
         self._status_at = float("-inf")
         self._status_failed = False
         self.log = structlog.get_logger("detector.serve")
@@ -213,6 +218,11 @@ class Runner:
     @property
     def counts(self) -> Counters:
         return self._counting.counts
+
+    @property
+    def series_held(self) -> int:
+        """Series whose history is held now (safe to read from any thread)."""
+        return len(self.history)
 
     @property
     def stopping(self) -> bool:
@@ -369,7 +379,10 @@ class Runner:
         if windows:
             assert self._scoring is not None, "batches are scored inside run()"
             values = np.stack([w.values for w in windows])
-            scoring = self._scoring.submit(_timed_score, scorer, values, self.score_pool, self.clock)
+            # Each window's context comes from its series' rows before it, in decode order: the same for
+            # every path and every batching of one stream.
+            contexts = np.stack([self.history.observe(w.series_id, w.values, w.start, w.step_ms) for w in windows])
+            scoring = self._scoring.submit(_timed_score, scorer, values, contexts, self.score_pool, self.clock)
         return _InFlight(batch, scorer, windows, sources, dead, scoring, started)
 
     def _records(self, job: _InFlight) -> list[OutRecord]:
@@ -438,7 +451,15 @@ class Runner:
             previous, self.scorer, self._next_scorer = self.scorer, self._next_scorer, None
             if self.scorer.version != previous.version:
                 self.log.info("serving a new model", model_version=self.scorer.version, previous=previous.version)
+                self._seed_history(self.scorer)
             self._serving(self.scorer)
+
+    def _seed_history(self, scorer: Scorer) -> None:
+        """Series the model's training recording holds, and that are not held yet, start from the history
+        it left (see detector.model.context)."""
+        state = scorer.checkpoint.history
+        if state is not None and state.n_features == scorer.shape[1]:
+            self.history.seed(state)
 
     def _serving(self, scorer: Scorer) -> None:
         self.observer.model_loaded(scorer.version)
