@@ -252,3 +252,8 @@ def test_generated_events_are_as_hard_as_the_accuracy_target_assumes() -> None:
         best = max(np.unique(sc), key=lambda t: binary_metrics(yc, sc, t)["f1"])
         f1.append(binary_metrics(yt, st, best)["f1"])
     assert 0.82 <= float(np.mean(f1)) <= 0.90, f1
+
+
+def test_noise_scale_of_a_batch_is_each_window_on_its_own():
+    windows = np.random.default_rng(3).normal(size=(5, 32, 3)).astype(np.float32) * np.array([1.0, 10.0, 0.0])
+    np.testing.assert_array_equal(noise_scale(windows), np.stack([noise_scale(w) for w in windows]))

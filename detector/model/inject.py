@@ -34,12 +34,13 @@ class EventSpec:
 
 
 def noise_scale(x: np.ndarray) -> np.ndarray:
-    """Robust scale of step-to-step changes per feature: MAD of first differences (x: (T, F) -> (F,))."""
-    floor = 1e-6 * (np.abs(np.median(x, axis=0)) + 1.0)
-    if x.shape[0] < 2:
+    """Robust scale of step-to-step changes per feature: MAD of first differences (x: (T, F) -> (F,), or
+    windows (N, T, F) -> (N, F), each window on its own)."""
+    floor = 1e-6 * (np.abs(np.median(x, axis=-2)) + 1.0)
+    if x.shape[-2] < 2:
         return floor
-    d = np.diff(x, axis=0)
-    mad = np.median(np.abs(d - np.median(d, axis=0)), axis=0) * 1.4826
+    d = np.diff(x, axis=-2)
+    mad = np.median(np.abs(d - np.median(d, axis=-2, keepdims=True)), axis=-2) * 1.4826
     return np.maximum(mad / np.sqrt(2.0), floor)
 
 

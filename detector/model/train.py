@@ -81,7 +81,7 @@ def _event_scales(values: np.ndarray, contexts: np.ndarray, rng: np.random.Gener
     """Per window (N, F): the window's noise scale, or for a random HISTORY_SIZED share the context's level
     scale, so that the model learns events both against the window and against the series' past."""
     f = values.shape[2]
-    scales = np.stack([noise_scale(v) for v in values])
+    scales = noise_scale(values)
     by_level = rng.random(len(values)) < HISTORY_SIZED
     scales[by_level] = contexts[by_level, f : 2 * f]
     return scales
