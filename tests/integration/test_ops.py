@@ -128,7 +128,13 @@ def test_hot_reload_swaps_a_good_checkpoint_and_refuses_a_bad_one(
     assert metrics[("detector_reloads_total", (("result", "rejected"),))] == 1
     assert metrics[("detector_reloads_total", (("result", "ok"),))] == 1
     assert metrics[("detector_model_info", (("version", version_b),))] == 1
-    assert metrics[("detector_series_held", ())] == 30  # ten series per phase, each with its history
+    trained: set[str] = set()
+    for path in (model_checkpoint, second_checkpoint):
+        history = checkpoint.load(path).history
+        assert history is not None
+        trained |= set(history.series)
+    # ten series per phase, each with its history, and those the two models were trained on (warm from them)
+    assert metrics[("detector_series_held", ())] == 30 + len(trained)
     assert {r.json()["window_id"] for r in reader.records} == phase_a | phase_b | phase_c
     assert daemon.terminate(timeout_s=15) == 0
 
