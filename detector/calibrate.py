@@ -8,7 +8,7 @@ import numpy as np
 
 from detector.model import calibration
 from detector.model.checkpoint import Checkpoint, Head
-from detector.model.context import contexts_in_order
+from detector.model.context import recording_contexts
 from detector.model.thresholds import choose_threshold, parse_rule
 from detector.scoring import Scorer
 from detector.windows import WindowSet
@@ -25,7 +25,7 @@ def calibrate(scorer: Scorer, data: WindowSet, method: str, rule: str) -> Checkp
     and step heads)."""
     assert data.labels is not None
     parse_rule(rule)  # fail on a bad rule before any work
-    contexts = contexts_in_order(data.series_ids, data.values, data.starts, data.step_ms, scorer.checkpoint.history)
+    contexts = recording_contexts(data, scorer.checkpoint.history)
     z_win, z_step, _ = scorer.logits(data.values, contexts)
     window = _fit_head(method, rule, z_win, data.labels.max(axis=1))
     step = None

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.model.context import contexts_in_order
+from detector.model.context import recording_contexts
 from detector.model.metrics import binary_metrics
 from detector.scoring import Scorer
 from detector.windows import WindowSet
@@ -23,7 +23,7 @@ def evaluate(scorer: Scorer, data: WindowSet, out: Path) -> dict[str, Any]:
     ckpt = scorer.checkpoint
     scores = scorer.score(
         data.values,
-        contexts_in_order(data.series_ids, data.values, data.starts, data.step_ms, scorer.checkpoint.history),
+        recording_contexts(data, scorer.checkpoint.history),
     )
     prob = scores.probability
     y = data.labels.max(axis=1)

@@ -35,9 +35,14 @@ class WindowSet:
         """A window's own label: 1 when any of its step labels is 1."""
         return None if self.labels is None else self.labels.max(axis=1)
 
+    def time_order(self) -> list[int]:
+        """Window indices series by series (by id), each series' windows by start (missing: 0), ties in
+        line order."""
+        return sorted(range(len(self)), key=lambda i: (self.series_ids[i], self.starts[i] or 0, i))
+
     def segments(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Contiguous runs of each series (windows whose starts follow on exactly), as (values, labels)."""
-        order = sorted(range(len(self)), key=lambda i: (self.series_ids[i], self.starts[i] or 0, i))
+        order = self.time_order()
         t = self.values.shape[1]
         runs: list[list[int]] = []
         for i in order:

@@ -40,7 +40,7 @@ from safetensors.torch import save as save_tensors
 from detector.errors import CheckpointError
 from detector.model import calibration
 from detector.model.config import NetworkConfig
-from detector.model.context import BLOCK_ROWS, HISTORY_BLOCKS, HistoryState
+from detector.model.context import BLOCK_ROWS, HISTORY_BLOCKS, HistoryState, state_bytes
 from detector.model.features import NORMALISATION, InputStats, input_channels
 from detector.model.network import DetectorNet
 from detector.model.thresholds import FLAG_NOTHING
@@ -207,7 +207,7 @@ def _history_header(raw: Any, header: dict[str, Any], n_features: int) -> tuple[
         entry = header[name]
         if not isinstance(entry, dict) or entry.get("dtype") != dtype or entry.get("shape") != shape:
             raise ValueError(f"history tensor {name} is not {dtype} of shape {shape}")
-    size = s * (HISTORY_BLOCKS * 3 + BLOCK_ROWS) * n_features * 8
+    size = state_bytes(s, n_features)
     if size > MAX_HISTORY_BYTES:
         raise ValueError(f"a history of {size:,} bytes, the limit is {MAX_HISTORY_BYTES:,}")
     return tuple(series)

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from detector.windows import WindowSet
+
 BLOCK_ROWS = 64  # rows summarised together; a series' context is measured again when a block completes
 HISTORY_BLOCKS = 100  # blocks the context is measured over (6,400 rows)
 MAD_TO_SIGMA = 1.4826  # the standard deviation of a normal sample over its MAD
@@ -72,30 +74,31 @@ def _floored(scale: np.ndarray, loc: np.ndarray) -> np.ndarray:
     return np.maximum(scale, 1e-7 * (np.abs(loc) + 1e-3))
 
 
+def _robust(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Along ``axis`` of ``x`` (as float64): median, spread (:func:`_spread`, unfloored) and mean absolute
+    deviation from the median."""
+    x = np.asarray(x, dtype=np.float64)
+    med = _median(x, axis=axis)
+    dev = np.abs(x - np.expand_dims(med, axis))
+    mean_abs = dev.mean(axis=axis)
+    return med, _spread(_median(dev, axis=axis), mean_abs), mean_abs
+
+
 def level_context(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows (n, F), n >= 1 -> (location (F,), scale (F,)) float64: each feature's median and the robust
     scale of its levels (see the module docstring), floored so that it is positive and finite."""
-    x = np.asarray(rows, dtype=np.float64)
-    loc = _median(x, axis=0)
-    dev = np.abs(x - loc)
-    return loc, _floored(_spread(_median(dev, axis=0), dev.mean(axis=0)), loc)
+    loc, spread, _ = _robust(rows, axis=0)
+    return loc, _floored(spread, loc)
 
 
 def block_summary(rows: np.ndarray) -> np.ndarray:
     """One block's rows (BLOCK_ROWS, F) -> (3, F) float64: median, robust scale and mean absolute deviation."""
-    x = np.asarray(rows, dtype=np.float64)
-    med = _median(x, axis=0)
-    dev = np.abs(x - med)
-    mean_abs = dev.mean(axis=0)
-    return np.stack([med, _spread(_median(dev, axis=0), mean_abs), mean_abs])
+    return np.stack(_robust(rows, axis=0))
 
 
 def pooled_context(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Block summaries (k, 3, F), k >= 1 -> (location (F,), scale (F,)) (see the module docstring)."""
-    medians = blocks[:, 0]
-    loc = _median(medians, axis=0)
-    dev = np.abs(medians - loc)
-    between = _spread(_median(dev, axis=0), dev.mean(axis=0))
+    loc, between, _ = _robust(blocks[:, 0], axis=0)
     within = _median(blocks[:, 1], axis=0)
     within = np.where(within > 0, within, MEAN_ABS_TO_SIGMA * blocks[:, 2].mean(axis=0))
     return loc, _floored(np.maximum(between, within), loc)
@@ -120,11 +123,8 @@ def context_vector(blocks: np.ndarray | None, window: np.ndarray) -> np.ndarray:
 
 def cold_contexts(values: np.ndarray) -> np.ndarray:
     """Cold contexts (B, 2F + 1) for windows (B, T, F): each window its own context, warmth 0."""
-    x = np.asarray(values, dtype=np.float64)
-    loc = _median(x, axis=1)
-    dev = np.abs(x - loc[:, None, :])
-    scale = _floored(_spread(_median(dev, axis=1), dev.mean(axis=1)), loc)
-    return np.concatenate([loc, scale, np.zeros((len(x), 1))], axis=1)
+    loc, spread, _ = _robust(values, axis=1)
+    return np.concatenate([loc, _floored(spread, loc), np.zeros((len(loc), 1))], axis=1)
 
 
 def series_blocks(rows: np.ndarray) -> np.ndarray:
@@ -132,11 +132,7 @@ def series_blocks(rows: np.ndarray) -> np.ndarray:
     n = len(rows) // BLOCK_ROWS
     if n == 0:
         return np.zeros((0, 3, rows.shape[1]))
-    x = np.asarray(rows[: n * BLOCK_ROWS], dtype=np.float64).reshape(n, BLOCK_ROWS, -1)
-    med = _median(x, axis=1)
-    dev = np.abs(x - med[:, None, :])
-    mean_abs = dev.mean(axis=1)
-    return np.stack([med, _spread(_median(dev, axis=1), mean_abs), mean_abs], axis=1)
+    return np.stack(_robust(rows[: n * BLOCK_ROWS].reshape(n, BLOCK_ROWS, -1), axis=1), axis=1)
 
 
 class _Series:
@@ -201,6 +197,11 @@ class _Series:
 
 
 NO_TIME = -(2**63)  # HistoryState.counts' last time of a series whose windows carried none
+
+
+def state_bytes(n_series: int, n_features: int) -> int:
+    """The bytes of a HistoryState's arrays for ``n_series`` series of ``n_features`` features."""
+    return n_series * ((HISTORY_BLOCKS * 3 + BLOCK_ROWS) * n_features * 8 + 3 * 8)
 
 
 @dataclass(frozen=True)
@@ -271,8 +272,7 @@ class History:
             return None
         newest = next(reversed(self._series.values()))
         f = newest.n_features
-        per_series = (HISTORY_BLOCKS * 3 + BLOCK_ROWS) * f * 8 + 3 * 8
-        room = len(self._series) if max_bytes is None else max(1, max_bytes // per_series)
+        room = len(self._series) if max_bytes is None else max(1, max_bytes // state_bytes(1, f))
         chosen = [(k, v) for k, v in self._series.items() if v.n_features == f][-room:]
         blocks = np.zeros((len(chosen), HISTORY_BLOCKS, 3, f))
         partial = np.zeros((len(chosen), BLOCK_ROWS, f))
@@ -304,9 +304,7 @@ class History:
             self._series[series_id] = series
             self._series.move_to_end(series_id, last=False)  # seeded history is older than anything seen
             self.nbytes += series.nbytes
-        while self.nbytes > self.max_bytes and len(self._series) > 1:
-            _, forgotten = self._series.popitem(last=False)
-            self.nbytes -= forgotten.nbytes
+        self._forget_past_bound()
 
     def observe(self, series_id: str, values: np.ndarray, start: int | None, step_ms: int | None) -> np.ndarray:
         """The context (2F + 1,) of a window (values (T, F)) of ``series_id``; then the window's new rows
@@ -322,10 +320,14 @@ class History:
         context = series.context_for(values)
         series.add(values[series.new_rows(values, start, step_ms) :])
         self.nbytes += series.nbytes
+        self._forget_past_bound()
+        return context
+
+    def _forget_past_bound(self) -> None:
+        """Forget the least recently seen series until what is held fits max_bytes (the newest stays)."""
         while self.nbytes > self.max_bytes and len(self._series) > 1:
             _, forgotten = self._series.popitem(last=False)
             self.nbytes -= forgotten.nbytes
-        return context
 
 
 def contexts_in_order(
@@ -347,12 +349,16 @@ def contexts_in_order(
     )
 
 
-def history_after(
-    series_ids: list[str], values: np.ndarray, starts: list[int | None], step_ms: list[int | None], max_bytes: int
-) -> HistoryState | None:
-    """The history windows leave when fed in the given order (at most ``max_bytes`` of it: the series seen
-    last); None for no windows."""
+def recording_contexts(data: WindowSet, seed: HistoryState | None = None) -> np.ndarray:
+    """:func:`contexts_in_order` for the windows of a recording, in its line order."""
+    return contexts_in_order(data.series_ids, data.values, data.starts, data.step_ms, seed)
+
+
+def history_after(data: WindowSet, max_bytes: int) -> HistoryState | None:
+    """The history a recording's windows leave, fed series by series in time order
+    (:meth:`~detector.windows.WindowSet.time_order`); at most ``max_bytes`` of it (the series fed last);
+    None for no windows."""
     history = History(max_bytes=1 << 62)
-    for s, v, a, d in zip(series_ids, values, starts, step_ms, strict=True):
-        history.observe(s, v, a, d)
+    for i in data.time_order():
+        history.observe(data.series_ids[i], data.values[i], data.starts[i], data.step_ms[i])
     return history.state(max_bytes)

@@ -31,8 +31,8 @@ from detector.model.context import (
     BLOCK_ROWS,
     HISTORY_BLOCKS,
     cold_contexts,
-    contexts_in_order,
     history_after,
+    recording_contexts,
     series_blocks,
     warm_context,
 )
@@ -61,19 +61,21 @@ class Batch:
 
 def _grid_contexts(blocks: np.ndarray, n_features: int) -> np.ndarray:
     """Contexts (k + 1, 2F + 1) of a series whose block summaries are ``blocks`` (k, 3, F), with history
-    ending after 0, 1, ..., k blocks: NaN where none (the window is its own context)."""
-    out = np.full((len(blocks) + 1, 2 * n_features + 1), np.nan)
+    ending after 0, 1, ..., k blocks; after 0 a cold placeholder (warmth 0, see :func:`_recold`)."""
+    out = np.zeros((len(blocks) + 1, 2 * n_features + 1))
     for k in range(1, len(blocks) + 1):
         out[k] = warm_context(blocks[max(0, k - HISTORY_BLOCKS) : k])
     return out
 
 
-def _fill_cold(contexts: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``contexts`` with its NaN rows (cold) replaced by the window's own context."""
-    cold = np.isnan(contexts[:, 0])
-    if cold.any():
-        contexts = contexts.copy()
-        contexts[cold] = cold_contexts(values[cold])
+def _recold(contexts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``contexts`` with every cold one (warmth 0) measured again on its window in ``values``, as serving
+    measures a cold series' context on the window it scores."""
+    cold = contexts[:, -1] == 0
+    if not cold.any():
+        return contexts
+    contexts = contexts.copy()
+    contexts[cold] = cold_contexts(values[cold])
     return contexts
 
 
@@ -117,8 +119,8 @@ class BatchSampler:
 
     def _context(self, s: int, end: int) -> np.ndarray:
         """A context for the window of segment ``s`` ending before row ``end``: the blocks completed 1 to
-        T + BLOCK_ROWS rows before ``end`` (as serving gives), fewer of them for a COLD_SHARE of windows; NaN
-        where cold."""
+        T + BLOCK_ROWS rows before ``end`` (as serving gives), fewer of them for a COLD_SHARE of windows; a
+        cold placeholder (warmth 0) where none."""
         rng = self.rng
         k = max(0, end - int(rng.integers(1, self.t + BLOCK_ROWS + 1))) // BLOCK_ROWS
         if rng.random() < COLD_SHARE:
@@ -153,12 +155,12 @@ class BatchSampler:
         contexts = np.concatenate([loc, scale, warmth], axis=1)
         kinds = ["none" if not lab.any() else "unknown" for lab in labels]
         if self.rate > 0:
-            sized = _event_scales(values, _fill_cold(contexts, values), rng)
+            sized = _event_scales(values, _recold(contexts, values), rng)
             values, masks, injected = inject_batch(values, rng, self.rate, spec=TRAINING_EVENTS, scales=sized)
             labels = labels | masks
             kinds = [k or kinds[i] for i, k in enumerate(injected)]
         values = values.astype(np.float32)
-        return Batch(values, _fill_cold(contexts, values), labels, kinds)
+        return Batch(values, _recold(contexts, values), labels, kinds)
 
 
 def _split(data: WindowSet, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +263,7 @@ def train(
     vi = val_rng.permutation(len(val_set))[: config.max_val_windows // 2]
     own_values = val_set.values[vi]
     # Each held-out window's context is what replaying the held-out series in order gives it.
-    own_contexts = contexts_in_order(val_set.series_ids, val_set.values, val_set.starts, val_set.step_ms)[vi]
+    own_contexts = recording_contexts(val_set)[vi]
     own_labels = (
         val_set.labels[vi] if (val_set.labels is not None and not inject) else np.zeros(own_values.shape[:2], np.int8)
     )
@@ -269,11 +271,8 @@ def train(
     injected_values, masks, names = inject_batch(
         own_values, val_rng, 0.5, spec=TRAINING_EVENTS, scales=_event_scales(own_values, own_contexts, val_rng)
     )
-    cold = own_contexts[:, -1] == 0  # a cold context is measured on the window, events included
-    injected_contexts = own_contexts.copy()
-    injected_contexts[cold] = cold_contexts(injected_values[cold])
     val_values = np.concatenate([own_values, injected_values])
-    val_contexts = np.concatenate([own_contexts, injected_contexts])
+    val_contexts = np.concatenate([own_contexts, _recold(own_contexts, injected_values)])
     val_labels = np.concatenate([own_labels, own_labels | masks])
     val_kinds = own_kinds + [k or own_kinds[i] for i, k in enumerate(names)]
 
@@ -362,15 +361,6 @@ def train(
         "seed": config.seed,
     }
     names = feature_names or [f"f{i}" for i in range(n_feat)]
-    # The history the training recording leaves, series by series in time order: serving starts from it.
-    order = sorted(range(len(data)), key=lambda i: (data.series_ids[i], data.starts[i] or 0, i))
-    left = history_after(
-        [data.series_ids[i] for i in order],
-        data.values[order],
-        [data.starts[i] for i in order],
-        [data.step_ms[i] for i in order],
-        MAX_HISTORY_BYTES,
-    )
     ckpt = Checkpoint(
         network=network,
         state={k: v.detach().clone() for k, v in net.state_dict().items()},
@@ -380,6 +370,6 @@ def train(
         window=Head(),
         step=Head() if network.step_head else None,
         training={k: v for k, v in summary.items() if k != "seconds"},
-        history=left,
+        history=history_after(data, MAX_HISTORY_BYTES),  # serving starts from what the recording leaves
     )
     return TrainResult(ckpt, summary)
