@@ -316,3 +316,16 @@ def test_a_sound_file_loads_back_to_the_same_bytes(good):
     ckpt = checkpoint.from_bytes(good)
     assert isinstance(ckpt, Checkpoint)
     assert checkpoint.to_bytes(ckpt) == good
+
+
+def test_an_architecture_without_the_distance_anchor_loads_without_it(good):
+    """Checkpoints written before train.network.distance_anchor existed were trained without it: they load
+    with a slope of 0, not the setting's default, and score as they did."""
+
+    def drop(meta: Meta) -> None:
+        meta["architecture"].pop("distance_anchor")
+        meta["architecture"].pop("distance_anchor_max_features")
+
+    old = checkpoint.from_bytes(rewrite(good, drop))
+    assert old.network.distance_anchor == 0.0
+    assert old.network.distance_anchor_max_features == 1

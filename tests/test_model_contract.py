@@ -27,6 +27,7 @@ VARIANTS = {
     "bidirectional-2-layers": {"bidirectional": True, "num_layers": 2, "pooling": "last"},
     "binary-bottleneck": {"binary_bottleneck": 6},
     "event-head": {"event_head": True},
+    "distance-anchor": {"distance_anchor_max_features": 2},  # the small recording has 2 features
 }
 CALIBRATORS = ["none", "platt", "isotonic", "temperature"]
 
@@ -300,3 +301,48 @@ def test_the_cpu_stays_fp32_unless_cpu_bf16_and_the_cpu_has_it(monkeypatch, fit_
     assert Scorer(ckpt, cpu_bf16=True).precision == ("bf16" if native else "fp32")
     assert effective_precision(torch.device("cpu"), "bf16", cpu_bf16=True) == ("bf16" if native else "fp32")
     assert effective_precision(torch.device("cuda"), "bf16") == "bf16"  # autocast there, whatever the CPU
+
+
+def test_the_distance_anchor_adds_its_slope_times_each_steps_largest_distance():
+    """With the learnt step paths silenced, a step's logit is exactly distance_anchor times the largest of its
+    features' distance channels (where features.distance_channels says they are); 0 turns it off."""
+    from detector.model.config import NetworkConfig
+    from detector.model.features import input_channels
+    from detector.model.network import DetectorNet
+
+    x = torch.randn(3, 16, input_channels(4), generator=torch.Generator().manual_seed(0))
+    distance = x[:, :, 16:20]  # 4 features x 5 channels: level, change, quiet, history, then distance
+    for slope in (0.0, 2.5):
+        net = DetectorNet(NetworkConfig(hidden_size=4, distance_anchor=slope, step_skip=False), x.shape[2]).eval()
+        with torch.no_grad():
+            net.step_head.weight.zero_()  # type: ignore[union-attr]
+            net.step_head.bias.zero_()  # type: ignore[union-attr]
+            step = net(x).step
+        assert step is not None
+        torch.testing.assert_close(step, slope * distance.amax(dim=2))
+
+
+def test_a_step_farther_from_its_series_history_scores_higher(fit_tiny, small_data):
+    """The same window scored against histories whose location lies ever farther below it: the last step's
+    logit rises with the distance, by far more than a briefly trained network alone moves it (about 25
+    against at most ~2 without the anchor)."""
+    scorer = Scorer(fit_tiny(distance_anchor_max_features=small_data.shape[1]))
+    window = small_data.values[:1].astype(np.float32)
+    f = window.shape[2]
+    last = window[0, -1]
+    logits = []
+    for distance in (0.0, 3.0, 10.0, 30.0):
+        context = np.concatenate([last - distance, np.ones(f), [1.0]]).astype(np.float64)[None]
+        logits.append(float(scorer.logits(window, context)[1][0, -1]))  # type: ignore[index]
+    assert logits == sorted(logits), logits
+    assert logits[-1] > logits[0] + 10, logits
+
+
+def test_train_keeps_the_distance_anchor_only_up_to_its_feature_count(fit_tiny, small_data):
+    """The checkpoint stores the slope that scores: the configured one up to distance_anchor_max_features
+    features, 0 beyond (and the scores follow the stored value)."""
+    f = small_data.shape[1]
+    assert f > 1
+    assert fit_tiny().network.distance_anchor == 0.0  # default: univariate models only
+    assert fit_tiny(distance_anchor_max_features=f).network.distance_anchor == 6.0
+    assert fit_tiny(distance_anchor=2.5, distance_anchor_max_features=f).network.distance_anchor == 2.5

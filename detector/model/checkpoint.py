@@ -274,7 +274,8 @@ def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
     """
     header, meta = _header(data, name)
     try:
-        network = NetworkConfig.model_validate(meta["architecture"])
+        # A checkpoint written before the distance anchor existed was trained without it.
+        network = NetworkConfig.model_validate({"distance_anchor": 0.0, **meta["architecture"]})
         window_length = _count(meta["window_length"], "window_length", MAX_WINDOW_LENGTH)
         features = meta["features"]
         if not isinstance(features, list):

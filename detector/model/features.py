@@ -35,6 +35,12 @@ def input_channels(n_features: int) -> int:
     return n_features * CHANNELS_PER_FEATURE + SHARED_CHANNELS
 
 
+def distance_channels(in_channels: int) -> slice:
+    """Where the ``distance`` channels (one per feature) sit among ``in_channels`` network inputs."""
+    f = (in_channels - SHARED_CHANNELS) // CHANNELS_PER_FEATURE
+    return slice(4 * f, 5 * f)
+
+
 def robust_channels(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     """Raw windows (B, T, F) and their contexts (B, 2F + 1) -> scale-free channels (B, T, 5F + 1), float32,
     finite for any finite input and any context with positive scales."""
@@ -53,6 +59,7 @@ def robust_channels(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     quiet = torch.log(d.abs() / scale + 1e-2)
     history = torch.asinh((x - context[:, None, :f]) / context[:, None, f : 2 * f])
     warmth = context[:, None, 2 * f :].expand(-1, x.shape[1], -1)
+    # The order is the layout that distance_channels() names.
     return torch.cat([level, change, quiet, history, history.abs(), warmth], dim=2).to(torch.float32)
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from detector.model.config import NetworkConfig
+from detector.model.features import distance_channels
 
 
 class BinaryStraightThrough(torch.autograd.Function):
@@ -66,6 +67,7 @@ class DetectorNet(nn.Module):
             width = c.binary_bottleneck
         self.step_head = nn.Linear(width, 1) if c.step_head else None
         self.step_skip = nn.Linear(in_channels, 1, bias=False) if c.step_head and c.step_skip else None
+        self.distance = distance_channels(in_channels)
         self.attention = nn.Linear(width, 1) if c.window_head and c.pooling == "attention" else None
         self.window_head = nn.Linear(width, 1) if c.window_head else None
         self.event_head = nn.Linear(width, len(c.event_types)) if c.event_types else None
@@ -98,6 +100,11 @@ class DetectorNet(nn.Module):
         step = self.step_head(h).squeeze(-1) if self.step_head is not None else None  # (B, T)
         if step is not None and self.step_skip is not None:
             step = step + self.step_skip(x).squeeze(-1)
+        if step is not None and self.config.distance_anchor:
+            # A fixed (not learnt) rise with the step's largest distance from its series' history, which the
+            # network's own logit adds to: a prior that ranks steps by how far they are from their own
+            # series' past, comparable across series.
+            step = step + self.config.distance_anchor * x[:, :, self.distance].amax(dim=2)
         pooled = self.pool(h, h_last) if (self.window_head is not None or self.event_head is not None) else None
         if self.window_head is not None:
             window = self.window_head(pooled).squeeze(-1)  # (B,)

@@ -8,7 +8,8 @@ its series' level scale. Each window comes with the context of its series' rows 
 that the model learns new series too. An epoch is a fixed number of such
 batches, so training time does not grow with the recording. Validation uses held-out series as they are
 (with injected events when training with ``inject``); early stopping keeps the best validation loss.
-Seeded and deterministic on the CPU.
+Seeded and deterministic on the CPU unless the wall-clock cap (``train.max_minutes``) binds: the learning
+rate decays by the larger of the share of batches done and the share of the cap gone.
 """
 
 from __future__ import annotations
@@ -198,6 +199,39 @@ class TrainResult:
     summary: dict[str, Any]  # validation precision/recall/f1/auprc at threshold 0.5, epochs, seconds
 
 
+class Schedule:
+    """Learning-rate factor (for ``LambdaLR``) by training progress, the larger of the share of batches done
+    and the share of ``max_seconds`` gone since the first call (0 = no time limit): a linear warm-up from
+    1/25 over the first 10%, then a cosine down to 1/10^4 at 100%. Sizing the decay to the wall-clock cap
+    as well as to the batch count lets a run that the cap ends still finish with a small learning rate
+    (annealed) instead of stopping at its peak. Where the batches run ahead of the clock throughout (always
+    with no time limit) the factor follows the batch count alone and training is deterministic under a
+    seed."""
+
+    WARMUP = 0.1
+    START, END = 1 / 25, 1e-4
+
+    def __init__(self, total_batches: int, max_seconds: float) -> None:
+        self.total_batches = max(total_batches, 1)
+        self.max_seconds = max_seconds
+        self.started: float | None = None
+
+    def progress(self, batches: int) -> float:
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        done = batches / self.total_batches
+        if self.max_seconds > 0:
+            done = max(done, (now - self.started) / self.max_seconds)
+        return min(done, 1.0)
+
+    def __call__(self, batches: int) -> float:
+        p = self.progress(batches)
+        if p < self.WARMUP:
+            return self.START + (1 - self.START) * p / self.WARMUP
+        return self.END + (1 - self.END) * 0.5 * (1 + math.cos(math.pi * (p - self.WARMUP) / (1 - self.WARMUP)))
+
+
 class Objective:
     """The joint loss: BCEWithLogits per head (pos_weight from the data) plus cross-entropy for event types."""
 
@@ -256,6 +290,8 @@ def train(
         if len(event_types) < 2:
             raise TrainingError("the event-type head needs event_type in the data, or --inject")
     network = config.network.model_copy(update={"event_types": event_types})
+    if n_feat > network.distance_anchor_max_features:
+        network = network.model_copy(update={"distance_anchor": 0.0})  # the checkpoint says what scores
 
     # Validation: held-out series as they are, plus copies of them with injected events, so that early
     # stopping sees enough events to be steady even when the recording holds few.
@@ -302,8 +338,11 @@ def train(
     net = DetectorNet(network, input_channels(n_feat))
     objective = Objective(net, window_pw, step_pw, config.step_loss_weight)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = config.epochs * config.steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.1)
+    # The cap counts from the start of train(); what is left of it when the first batch runs is the loop's.
+    left = config.max_minutes * 60 - (time.monotonic() - started) if config.max_minutes else 0.0
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, Schedule(config.epochs * config.steps_per_epoch, max(left, 1e-3) if config.max_minutes else 0.0)
+    )
     vx, vy, vk = tensors(val_values, val_contexts, val_labels, val_kinds)
 
     best_loss, best_state, best_epoch, stale = math.inf, copy.deepcopy(net.state_dict()), 0, 0
