@@ -339,10 +339,8 @@ def train(
     objective = Objective(net, window_pw, step_pw, config.step_loss_weight)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # The cap counts from the start of train(); what is left of it when the first batch runs is the loop's.
-    left = config.max_minutes * 60 - (time.monotonic() - started) if config.max_minutes else 0.0
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, Schedule(config.epochs * config.steps_per_epoch, max(left, 1e-3) if config.max_minutes else 0.0)
-    )
+    left = max(config.max_minutes * 60 - (time.monotonic() - started), 1e-3) if config.max_minutes else 0.0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, Schedule(config.epochs * config.steps_per_epoch, left))
     vx, vy, vk = tensors(val_values, val_contexts, val_labels, val_kinds)
 
     best_loss, best_state, best_epoch, stale = math.inf, copy.deepcopy(net.state_dict()), 0, 0
