@@ -30,5 +30,5 @@ def calibrate(scorer: Scorer, data: WindowSet, method: str, rule: str) -> Checkp
     window = _fit_head(method, rule, z_win, data.labels.max(axis=1))
     step = None
     if z_step is not None:
-        step = _fit_head(method, rule, z_step.reshape(-1), data.labels.reshape(-1))
+        step = _fit_head(method, rule, z_step.reshape(-1), scorer.checkpoint.step_targets(data.labels).reshape(-1))
     return scorer.checkpoint.with_heads(window, step)

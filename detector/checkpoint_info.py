@@ -10,6 +10,8 @@ and returns one JSON-safe dict whose keys are stable (README, "Inspect a checkpo
     window_length        T, steps per window
     n_features, features F and the feature names, in input order
     architecture         the network config as stored (hidden_size, num_layers, pooling, event_types, ...)
+    step_scoring         {"distance_anchor": slope, "step_hold": rows}: what those settings resolve to for this
+                         feature count (0 and 1 = off)
     parameters           the number of weights
     heads                {"window": HEAD, "step": HEAD or null}, HEAD = {"calibration": method
                          ("none" when uncalibrated), "threshold": number, "rule": the rule that chose it}
@@ -47,6 +49,10 @@ def describe(path: str | Path) -> dict[str, Any]:
         "n_features": ckpt.n_features,
         "features": list(ckpt.feature_names),
         "architecture": ckpt.network.model_dump(mode="json"),
+        "step_scoring": {
+            "distance_anchor": ckpt.network.anchor_for(ckpt.n_features),
+            "step_hold": ckpt.network.hold_for(ckpt.n_features),
+        },
         "parameters": sum(t.numel() for t in ckpt.state.values()),
         "heads": {"window": _head(ckpt.window), "step": None if ckpt.step is None else _head(ckpt.step)},
         "calibrated": checkpoint.is_calibrated(ckpt),
@@ -84,6 +90,14 @@ def render(info: dict[str, Any]) -> list[str]:
         f"heads           {', '.join(heads)}"
         + (f"; binary bottleneck of {arch['binary_bottleneck']}" if arch["binary_bottleneck"] else ""),
     ]
+    if arch["step_head"]:
+        steps = info["step_scoring"]
+        kind = "narrow" if info["n_features"] <= arch["narrow_max_features"] else "wide"
+        held = f"held over {steps['step_hold']} steps" if steps["step_hold"] > 1 else "not held"
+        lines.append(
+            f"steps           distance anchor {steps['distance_anchor']:g}, {held} (a {kind} model: "
+            f"{info['n_features']} features, narrow_max_features {arch['narrow_max_features']})"
+        )
     for name, head in info["heads"].items():
         if head is not None:
             lines.append(

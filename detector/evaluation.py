@@ -35,7 +35,9 @@ def evaluate(scorer: Scorer, data: WindowSet, out: Path) -> dict[str, Any]:
     }
     step_prob = scores.step_probability
     if step_prob is not None and ckpt.step is not None:
-        metrics["step"] = binary_metrics(data.labels.reshape(-1), step_prob.reshape(-1), ckpt.step.threshold)
+        metrics["step"] = binary_metrics(
+            ckpt.step_targets(data.labels).reshape(-1), step_prob.reshape(-1), ckpt.step.threshold
+        )
     out.mkdir(parents=True, exist_ok=True)
     plots = {
         "reliability": report.plot_reliability(
@@ -52,8 +54,11 @@ def evaluate(scorer: Scorer, data: WindowSet, out: Path) -> dict[str, Any]:
     t = data.shape[0]
     values = data.values[idx].reshape(-1, data.shape[1])
     labels = data.labels[idx].reshape(-1)
+    held = ""
     if step_prob is not None and ckpt.step is not None:
         line, thr = step_prob[idx].reshape(-1), ckpt.step.threshold
+        rows = ckpt.network.hold_for(ckpt.n_features)
+        held = f" (each step holds the highest of its window's last {rows})" if rows > 1 else ""
     else:
         line, thr = np.repeat(prob[idx], t), ckpt.window.threshold
     first = data.starts[idx[0]]
@@ -68,7 +73,7 @@ def evaluate(scorer: Scorer, data: WindowSet, out: Path) -> dict[str, Any]:
         labels=labels,
         flags=line >= thr,
         feature_names=list(ckpt.feature_names),
-        title=f"Series {series}: values, labels and scores",
+        title=f"Series {series}: values, labels and scores" + held,
     )
     metrics["plots"] = {k: str(Path(v).name) for k, v in plots.items()}
     return metrics

@@ -318,14 +318,27 @@ def test_a_sound_file_loads_back_to_the_same_bytes(good):
     assert checkpoint.to_bytes(ckpt) == good
 
 
-def test_an_architecture_without_the_distance_anchor_loads_without_it(good):
-    """Checkpoints written before train.network.distance_anchor existed were trained without it: they load
-    with a slope of 0, not the setting's default, and score as they did."""
+def test_an_architecture_without_the_distance_anchor_or_step_hold_loads_without_them(good):
+    """Checkpoints written before train.network.distance_anchor and step_hold existed were trained without
+    them: they load with a slope of 0 and no hold, not the settings' defaults, and score as they did."""
 
     def drop(meta: Meta) -> None:
-        meta["architecture"].pop("distance_anchor")
-        meta["architecture"].pop("distance_anchor_max_features")
+        for key in ("distance_anchor", "narrow_max_features", "step_hold"):
+            meta["architecture"].pop(key)
 
     old = checkpoint.from_bytes(rewrite(good, drop))
-    assert old.network.distance_anchor == 0.0
-    assert old.network.distance_anchor_max_features == 1
+    assert (old.network.distance_anchor, old.network.step_hold, old.network.narrow_max_features) == (0.0, 1, 1)
+    assert (old.build().anchor, old.build().hold) == (0.0, 1)
+
+
+def test_an_architecture_with_distance_anchor_max_features_reads_it_as_narrow_max_features(good):
+    """Between the distance anchor and the step hold, checkpoints named the feature rule
+    distance_anchor_max_features (and `train` stored slope 0 in wider models itself)."""
+
+    def rename(meta: Meta) -> None:
+        arch = meta["architecture"]
+        arch.pop("step_hold")
+        arch["distance_anchor_max_features"] = arch.pop("narrow_max_features") + 2
+
+    old = checkpoint.from_bytes(rewrite(good, rename))
+    assert (old.network.narrow_max_features, old.network.step_hold) == (3, 1)

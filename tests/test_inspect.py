@@ -31,6 +31,7 @@ KEYS = {
     "n_features",
     "features",
     "architecture",
+    "step_scoring",
     "parameters",
     "heads",
     "calibrated",
@@ -87,6 +88,7 @@ def test_json_is_one_object_with_the_documented_keys(capsys):
     assert (info["window_length"], info["n_features"], info["features"]) == (64, 4, ["f0", "f1", "f2", "f3"])
     assert info["architecture"] == ckpt.network.model_dump(mode="json")
     assert info["parameters"] == sum(t.numel() for t in ckpt.state.values())
+    assert info["step_scoring"] == {"distance_anchor": 0.0, "step_hold": 1}  # stored before either existed
     assert info["heads"]["window"] == {"calibration": "isotonic", "threshold": ckpt.window.threshold, "rule": "max-f1"}
     assert set(info["heads"]["step"]) == {"calibration", "threshold", "rule"}
     assert info["calibrated"] is True
@@ -101,6 +103,8 @@ def test_an_uncalibrated_checkpoint_says_so(raw_model, capsys):
     assert code == 0
     assert "window head     calibration none, threshold 0.5000 (rule 0.5)" in out
     assert "run `detector calibrate`" in out
+    wide = "steps           distance anchor 0, held over 64 steps (a wide model: 2 features, narrow_max_features 1)"
+    assert wide in out
     code, out, _ = inspect(capsys, raw_model, "--json")
     info = json.loads(out)
     assert info["calibrated"] is False

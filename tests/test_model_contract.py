@@ -27,7 +27,7 @@ VARIANTS = {
     "bidirectional-2-layers": {"bidirectional": True, "num_layers": 2, "pooling": "last"},
     "binary-bottleneck": {"binary_bottleneck": 6},
     "event-head": {"event_head": True},
-    "distance-anchor": {"distance_anchor_max_features": 2},  # the small recording has 2 features
+    "narrow": {"narrow_max_features": 2},  # distance anchor, no step hold: the small recording has 2 features
 }
 CALIBRATORS = ["none", "platt", "isotonic", "temperature"]
 
@@ -304,8 +304,9 @@ def test_the_cpu_stays_fp32_unless_cpu_bf16_and_the_cpu_has_it(monkeypatch, fit_
 
 
 def test_the_distance_anchor_adds_its_slope_times_each_steps_largest_distance():
-    """With the learnt step paths silenced, a step's logit is exactly distance_anchor times the largest of its
-    features' distance channels (where features.distance_channels says they are); 0 turns it off."""
+    """With the learnt step paths silenced, a narrow model's step logit is exactly distance_anchor times the
+    largest of its features' distance channels (where features.distance_channels says they are); 0 turns
+    it off."""
     from detector.model.config import NetworkConfig
     from detector.model.features import input_channels
     from detector.model.network import DetectorNet
@@ -313,7 +314,8 @@ def test_the_distance_anchor_adds_its_slope_times_each_steps_largest_distance():
     x = torch.randn(3, 16, input_channels(4), generator=torch.Generator().manual_seed(0))
     distance = x[:, :, 16:20]  # 4 features x 5 channels: level, change, quiet, history, then distance
     for slope in (0.0, 2.5):
-        net = DetectorNet(NetworkConfig(hidden_size=4, distance_anchor=slope, step_skip=False), x.shape[2]).eval()
+        config = NetworkConfig(hidden_size=4, distance_anchor=slope, step_skip=False, narrow_max_features=4)
+        net = DetectorNet(config, x.shape[2]).eval()
         with torch.no_grad():
             net.step_head.weight.zero_()  # type: ignore[union-attr]
             net.step_head.bias.zero_()  # type: ignore[union-attr]
@@ -322,11 +324,40 @@ def test_the_distance_anchor_adds_its_slope_times_each_steps_largest_distance():
         torch.testing.assert_close(step, slope * distance.amax(dim=2))
 
 
+def _running_max(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """A plain reference for the step hold: step t takes the largest of steps max(0, t - rows + 1) .. t."""
+    return torch.stack([x[:, max(0, t - rows + 1) : t + 1].amax(dim=1) for t in range(x.shape[1])], dim=1)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 16, 64])
+def test_a_wide_models_step_logit_is_the_largest_of_the_last_step_hold_steps(rows):
+    """The same weights with and without the hold: held step logits are the running maximum of the unheld
+    ones over step_hold steps (the whole window when step_hold exceeds it), and the window logit is not
+    touched by it."""
+    from detector.model.config import NetworkConfig
+    from detector.model.features import input_channels
+    from detector.model.network import DetectorNet
+
+    x = torch.randn(3, 16, input_channels(4), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    held = DetectorNet(NetworkConfig(hidden_size=4, step_hold=rows), x.shape[2]).eval()
+    plain = DetectorNet(NetworkConfig(hidden_size=4, step_hold=1), x.shape[2]).eval()
+    plain.load_state_dict(held.state_dict())
+    with torch.no_grad():
+        out, ref = held(x), plain(x)
+    assert out.step is not None
+    assert ref.step is not None
+    torch.testing.assert_close(out.step, _running_max(ref.step, rows))
+    torch.testing.assert_close(out.window, ref.window)
+    if rows >= x.shape[1]:
+        torch.testing.assert_close(out.step[:, -1], ref.step.amax(dim=1))
+
+
 def test_a_step_farther_from_its_series_history_scores_higher(fit_tiny, small_data):
-    """The same window scored against histories whose location lies ever farther below it: the last step's
-    logit rises with the distance, by far more than a briefly trained network alone moves it (about 25
-    against at most ~2 without the anchor)."""
-    scorer = Scorer(fit_tiny(distance_anchor_max_features=small_data.shape[1]))
+    """The same window scored against histories whose location lies ever farther below it: a narrow
+    model's last-step logit rises with the distance, by far more than a briefly trained network alone moves
+    it (about 25 against at most ~2 without the anchor)."""
+    scorer = Scorer(fit_tiny(narrow_max_features=small_data.shape[1]))
     window = small_data.values[:1].astype(np.float32)
     f = window.shape[2]
     last = window[0, -1]
@@ -338,11 +369,62 @@ def test_a_step_farther_from_its_series_history_scores_higher(fit_tiny, small_da
     assert logits[-1] > logits[0] + 10, logits
 
 
-def test_train_keeps_the_distance_anchor_only_up_to_its_feature_count(fit_tiny, small_data):
-    """The checkpoint stores the slope that scores: the configured one up to distance_anchor_max_features
-    features, 0 beyond (and the scores follow the stored value)."""
-    f = small_data.shape[1]
+def test_the_feature_count_decides_between_the_distance_anchor_and_the_step_hold(fit_tiny, small_data):
+    """Up to narrow_max_features features a model scores with the slope and no hold, beyond it with the hold
+    and no slope; the checkpoint stores the settings, and what they resolve to follows from it alone
+    (the model it builds, and the step targets that calibrate and evaluate compare with)."""
+    f, t = small_data.shape[1], small_data.shape[0]
     assert f > 1
-    assert fit_tiny().network.distance_anchor == 0.0  # default: univariate models only
-    assert fit_tiny(distance_anchor_max_features=f).network.distance_anchor == 6.0
-    assert fit_tiny(distance_anchor=2.5, distance_anchor_max_features=f).network.distance_anchor == 2.5
+    wide, narrow = fit_tiny(step_hold=4), fit_tiny(narrow_max_features=f, distance_anchor=2.5)
+    assert (wide.build().anchor, wide.build().hold) == (0.0, 4)
+    assert (narrow.build().anchor, narrow.build().hold) == (2.5, 1)
+    restored = checkpoint.from_bytes(checkpoint.to_bytes(wide))
+    assert (restored.build().anchor, restored.build().hold) == (0.0, 4)
+    labels = np.zeros((2, t), np.int8)
+    labels[0, 3] = 1
+    labels[1, t - 1] = 1
+    held = wide.step_targets(labels)
+    expected = np.zeros_like(labels)
+    expected[0, 3:7] = 1  # the event's step and the 3 after it
+    expected[1, t - 1] = 1
+    np.testing.assert_array_equal(held, expected)
+    np.testing.assert_array_equal(narrow.step_targets(labels), labels)
+
+
+def test_training_calibration_and_evaluation_compare_steps_with_held_labels(fit_tiny, small_data, tmp_path):
+    """A wide model's step outputs estimate held labels, so its step loss, step calibration and step metrics
+    all compare them with ``step_targets`` of the labels, not the raw per-step labels."""
+    from torch import nn
+
+    from detector.calibrate import calibrate
+    from detector.evaluation import evaluate
+    from detector.model.context import recording_contexts
+    from detector.model.metrics import binary_metrics
+    from detector.model.train import Objective
+
+    ckpt = fit_tiny(step_hold=5)
+    labels = small_data.labels
+    assert labels is not None
+    held = ckpt.step_targets(labels)
+    assert held.sum() > labels.sum()  # the hold reaches steps the raw labels leave at 0
+
+    net = ckpt.build()
+    x = torch.randn(4, small_data.shape[0], net.lstm.input_size, generator=torch.Generator().manual_seed(0))
+    y = torch.from_numpy(labels[:4].astype(np.float32))
+    with torch.no_grad():
+        out = net(x)
+        loss = Objective(net, 1.0, 1.0, 1.0)(x, y, None)
+        expected = nn.functional.binary_cross_entropy_with_logits(out.window, y.amax(dim=1))
+        expected = expected + nn.functional.binary_cross_entropy_with_logits(
+            out.step, torch.from_numpy(held[:4]).float()
+        )
+    torch.testing.assert_close(loss, expected)
+
+    scorer = Scorer(ckpt)
+    calibrated = calibrate(scorer, small_data, "isotonic", "max-f1")
+    assert calibrated.step is not None
+    metrics = evaluate(Scorer(calibrated), small_data, tmp_path)
+    contexts = recording_contexts(small_data, calibrated.history)  # what evaluate scores each window against
+    step_prob = Scorer(calibrated).score(small_data.values, contexts).step_probability
+    assert step_prob is not None
+    assert metrics["step"] == binary_metrics(held.reshape(-1), step_prob.reshape(-1), calibrated.step.threshold)

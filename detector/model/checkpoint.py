@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
@@ -42,7 +43,7 @@ from detector.model import calibration
 from detector.model.config import NetworkConfig
 from detector.model.context import BLOCK_ROWS, HISTORY_BLOCKS, HistoryState, state_bytes
 from detector.model.features import NORMALISATION, InputStats, input_channels
-from detector.model.network import DetectorNet
+from detector.model.network import DetectorNet, hold
 from detector.model.thresholds import FLAG_NOTHING
 
 FORMAT = "detector-checkpoint"
@@ -99,6 +100,12 @@ class Checkpoint:
         net = DetectorNet(self.network, input_channels(self.n_features))
         net.load_state_dict(self.state)
         return net.eval()
+
+    def step_targets(self, labels: np.ndarray) -> np.ndarray:
+        """Per-step 0/1 labels (N, T) -> what this model's step probabilities estimate: the labels held over
+        the model's step hold (``NetworkConfig.hold_for``), as in training."""
+        held = hold(torch.from_numpy(np.asarray(labels, dtype=np.float32)), self.network.hold_for(self.n_features))
+        return held.numpy().astype(np.int8)
 
     def with_heads(self, window: Head, step: Head | None) -> Checkpoint:
         return replace(self, window=window, step=step, version="")
@@ -267,6 +274,18 @@ def _header(data: bytes, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return header, meta
 
 
+def _architecture(raw: Any) -> Any:
+    """A stored architecture in today's terms: one written before a scoring setting existed was trained
+    without it (no distance slope, no step hold), and ``distance_anchor_max_features`` is now
+    ``narrow_max_features`` (before the step hold, `train` stored slope 0 in wider models itself)."""
+    if not isinstance(raw, dict):
+        return raw
+    arch = {"distance_anchor": 0.0, "step_hold": 1, **raw}
+    if "distance_anchor_max_features" in arch:
+        arch["narrow_max_features"] = arch.pop("distance_anchor_max_features")
+    return arch
+
+
 def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
     """Parse and validate checkpoint bytes; any defect raises :class:`CheckpointError` with one line.
 
@@ -274,8 +293,7 @@ def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
     """
     header, meta = _header(data, name)
     try:
-        # A checkpoint written before the distance anchor existed was trained without it.
-        network = NetworkConfig.model_validate({"distance_anchor": 0.0, **meta["architecture"]})
+        network = NetworkConfig.model_validate(_architecture(meta["architecture"]))
         window_length = _count(meta["window_length"], "window_length", MAX_WINDOW_LENGTH)
         features = meta["features"]
         if not isinstance(features, list):

@@ -30,17 +30,30 @@ class NetworkConfig(BaseModel):
     # The step head also reads the step's own input channels through a linear path past the LSTM, so that a
     # step far from its series' history can raise its logit directly.
     step_skip: bool = True
-    # Each step's logit also rises by this much per unit of its largest standardised distance from its
-    # series' history (a fixed slope, not learnt; 0 = off). Trained on injected events alone, the network
-    # learns to spot them inside a window and leaves the distance under-used; the fixed slope keeps real
-    # incidents, far from their series' past, above a spiky series' everyday moves. It applies to models
-    # of at most ``distance_anchor_max_features`` features: `train` stores 0 in other checkpoints. Measured
-    # on real data (bench/RESULTS.md, Real data), slope 6 lifted univariate series and sank 19-metric ones,
-    # whose incidents are not far from any one metric's past.
+    # Narrow models (at most ``narrow_max_features`` features: univariate series) and wide ones score steps
+    # differently, by measurement on real data (bench/RESULTS.md, Real data):
+    # - narrow: each step's logit also rises by ``distance_anchor`` per unit of the step's standardised
+    #   distance from its series' history (a fixed slope, not learnt; 0 = off). Trained on injected events
+    #   alone, the network learns to spot them inside a window and leaves the distance under-used; the fixed
+    #   slope keeps real incidents, far from their series' past, above a spiky series' everyday moves.
+    # - wide: each step's probability is the highest of the network's over that step and the
+    #   ``step_hold - 1`` steps before it in the window (1 = off), and is trained on labels held the same
+    #   way: "an event within the last step_hold rows". Incidents on multi-metric services last for hours
+    #   while any one row of them may look normal; no single metric's distance ranks them (the slope sank
+    #   them), the window's strongest evidence does.
     distance_anchor: float = Field(default=6.0, ge=0.0, le=100.0)
-    distance_anchor_max_features: int = Field(default=1, ge=0)
+    step_hold: int = Field(default=64, ge=1, le=4096)
+    narrow_max_features: int = Field(default=1, ge=0)
     event_types: list[str] = Field(default_factory=list)  # names for the optional multi-class head; empty = off
     binary_bottleneck: int = Field(default=0, ge=0)  # >0: a straight-through 0/1 code of this width before the heads
+
+    def anchor_for(self, n_features: int) -> float:
+        """The distance slope that scores a model of ``n_features`` features."""
+        return self.distance_anchor if n_features <= self.narrow_max_features else 0.0
+
+    def hold_for(self, n_features: int) -> int:
+        """The step hold (rows) that scores a model of ``n_features`` features; 1 = none."""
+        return 1 if n_features <= self.narrow_max_features else self.step_hold
 
     @model_validator(mode="after")
     def _some_head(self) -> NetworkConfig:

@@ -35,9 +35,14 @@ def input_channels(n_features: int) -> int:
     return n_features * CHANNELS_PER_FEATURE + SHARED_CHANNELS
 
 
+def feature_count(in_channels: int) -> int:
+    """The features behind ``in_channels`` network inputs (the inverse of :func:`input_channels`)."""
+    return (in_channels - SHARED_CHANNELS) // CHANNELS_PER_FEATURE
+
+
 def distance_channels(in_channels: int) -> slice:
     """Where the ``distance`` channels (one per feature) sit among ``in_channels`` network inputs."""
-    f = (in_channels - SHARED_CHANNELS) // CHANNELS_PER_FEATURE
+    f = feature_count(in_channels)
     return slice(4 * f, 5 * f)
 
 

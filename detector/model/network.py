@@ -8,10 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detector.model.config import NetworkConfig
-from detector.model.features import distance_channels
+from detector.model.features import distance_channels, feature_count
+
+
+def hold(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """(B, T) -> (B, T): each step's value becomes the largest over it and the ``rows - 1`` steps before it
+    (fewer at the window's start); ``rows`` 1 returns ``x`` itself. Causal: a step never sees later ones."""
+    if rows <= 1:
+        return x
+    rows = min(rows, x.shape[1])
+    padded = F.pad(x.unsqueeze(1), (rows - 1, 0), value=float("-inf"))
+    return F.max_pool1d(padded, rows, stride=1).squeeze(1)
 
 
 class BinaryStraightThrough(torch.autograd.Function):
@@ -68,6 +79,8 @@ class DetectorNet(nn.Module):
         self.step_head = nn.Linear(width, 1) if c.step_head else None
         self.step_skip = nn.Linear(in_channels, 1, bias=False) if c.step_head and c.step_skip else None
         self.distance = distance_channels(in_channels)
+        self.anchor = c.anchor_for(feature_count(in_channels))  # 0 = off
+        self.hold = c.hold_for(feature_count(in_channels))  # 1 = off
         self.attention = nn.Linear(width, 1) if c.window_head and c.pooling == "attention" else None
         self.window_head = nn.Linear(width, 1) if c.window_head else None
         self.event_head = nn.Linear(width, len(c.event_types)) if c.event_types else None
@@ -85,6 +98,10 @@ class DetectorNet(nn.Module):
         weights = torch.softmax(self.attention(h).squeeze(-1), dim=1)  # (B, T)
         return torch.einsum("bt,bth->bh", weights, h)
 
+    def step_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """Per-step 0/1 labels (B, T) -> what this network's step outputs estimate (held like them)."""
+        return hold(labels, self.hold)
+
     def forward(self, x: torch.Tensor) -> NetworkOutput:
         """x: (B, T, C) standardised inputs."""
         h, (h_n, _) = self.lstm(x)  # h: (B, T, H); h_n: (layers * dirs, B, H/dirs)
@@ -100,11 +117,13 @@ class DetectorNet(nn.Module):
         step = self.step_head(h).squeeze(-1) if self.step_head is not None else None  # (B, T)
         if step is not None and self.step_skip is not None:
             step = step + self.step_skip(x).squeeze(-1)
-        if step is not None and self.config.distance_anchor:
+        if step is not None and self.anchor:
             # A fixed (not learnt) rise with the step's largest distance from its series' history, which the
             # network's own logit adds to: a prior that ranks steps by how far they are from their own
             # series' past, comparable across series.
-            step = step + self.config.distance_anchor * x[:, :, self.distance].amax(dim=2)
+            step = step + self.anchor * x[:, :, self.distance].amax(dim=2)
+        if step is not None:
+            step = hold(step, self.hold)
         pooled = self.pool(h, h_last) if (self.window_head is not None or self.event_head is not None) else None
         if self.window_head is not None:
             window = self.window_head(pooled).squeeze(-1)  # (B,)

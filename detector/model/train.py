@@ -40,7 +40,7 @@ from detector.model.context import (
 from detector.model.features import InputStats, input_channels, robust_channels
 from detector.model.inject import EVENT_KINDS, EventSpec, inject_batch, noise_scale
 from detector.model.metrics import binary_metrics
-from detector.model.network import DetectorNet
+from detector.model.network import DetectorNet, hold
 from detector.windows import WindowSet
 
 # Training events are sized on the window's own step-to-step noise, which for smooth (autocorrelated)
@@ -249,7 +249,7 @@ class Objective:
         if self.net.window_head is not None:
             loss = loss + self.window(out.window, y_win)
         if out.step is not None:
-            loss = loss + self.step_weight * self.step(out.step, labels)
+            loss = loss + self.step_weight * self.step(out.step, self.net.step_targets(labels))
         if out.event is not None and kinds is not None:
             loss = loss + self.event(out.event, kinds)
         return loss
@@ -290,8 +290,6 @@ def train(
         if len(event_types) < 2:
             raise TrainingError("the event-type head needs event_type in the data, or --inject")
     network = config.network.model_copy(update={"event_types": event_types})
-    if n_feat > network.distance_anchor_max_features:
-        network = network.model_copy(update={"distance_anchor": 0.0})  # the checkpoint says what scores
 
     # Validation: held-out series as they are, plus copies of them with injected events, so that early
     # stopping sees enough events to be steady even when the recording holds few.
@@ -321,7 +319,7 @@ def train(
     stats = InputStats.fit(probe_x)
     probe_y = np.concatenate([b.labels for b in probe])
     win_pos = probe_y.max(axis=1).mean()
-    step_pos = probe_y.mean()
+    step_pos = float(hold(torch.from_numpy(probe_y.astype(np.float32)), network.hold_for(n_feat)).mean())
     if win_pos == 0:
         raise TrainingError("no training window holds an event (labelled or injected): nothing to learn")
     window_pw = float(min((1 - win_pos) / win_pos, 100.0))
