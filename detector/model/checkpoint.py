@@ -282,7 +282,7 @@ def _architecture(raw: Any) -> Any:
         return raw
     arch = {"distance_anchor": 0.0, "step_hold": 1, **raw}
     if "distance_anchor_max_features" in arch:
-        arch["narrow_max_features"] = arch.pop("distance_anchor_max_features")
+        arch.setdefault("narrow_max_features", arch.pop("distance_anchor_max_features"))
     return arch
 
 
