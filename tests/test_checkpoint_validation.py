@@ -323,11 +323,12 @@ def test_an_architecture_without_the_distance_anchor_or_step_hold_loads_without_
     them: they load with a slope of 0 and no hold, not the settings' defaults, and score as they did."""
 
     def drop(meta: Meta) -> None:
-        for key in ("distance_anchor", "narrow_max_features", "step_hold"):
+        for key in ("distance_anchor", "anchor_floor", "narrow_max_features", "step_hold"):
             meta["architecture"].pop(key)
 
     old = checkpoint.from_bytes(rewrite(good, drop))
     assert (old.network.distance_anchor, old.network.step_hold, old.network.narrow_max_features) == (0.0, 1, 1)
+    assert old.network.anchor_floor is False
     assert (old.build().anchor, old.build().hold) == (0.0, 1)
 
 
@@ -338,7 +339,8 @@ def test_an_architecture_with_distance_anchor_max_features_reads_it_as_narrow_ma
     def rename(meta: Meta) -> None:
         arch = meta["architecture"]
         arch.pop("step_hold")
+        arch.pop("anchor_floor")
         arch["distance_anchor_max_features"] = arch.pop("narrow_max_features") + 2
 
     old = checkpoint.from_bytes(rewrite(good, rename))
-    assert (old.network.narrow_max_features, old.network.step_hold) == (3, 1)
+    assert (old.network.narrow_max_features, old.network.step_hold, old.network.anchor_floor) == (3, 1, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import numpy as np
@@ -304,24 +305,50 @@ def test_the_cpu_stays_fp32_unless_cpu_bf16_and_the_cpu_has_it(monkeypatch, fit_
 
 
 def test_the_distance_anchor_adds_its_slope_times_each_steps_largest_distance():
-    """With the learnt step paths silenced, a narrow model's step logit is exactly distance_anchor times the
-    largest of its features' distance channels (where features.distance_channels says they are); 0 turns
-    it off."""
+    """With the learnt step paths silenced, a narrow model's step logit is distance_anchor times the largest
+    of its features' distance channels (where features.distance_channels says they are), plus what the
+    network adds: its logit as is (0 here) without the floor, the floor (0) + softplus(0) with it; slope 0
+    turns both off."""
     from detector.model.config import NetworkConfig
     from detector.model.features import input_channels
     from detector.model.network import DetectorNet
 
     x = torch.randn(3, 16, input_channels(4), generator=torch.Generator().manual_seed(0))
     distance = x[:, :, 16:20]  # 4 features x 5 channels: level, change, quiet, history, then distance
-    for slope in (0.0, 2.5):
-        config = NetworkConfig(hidden_size=4, distance_anchor=slope, step_skip=False, narrow_max_features=4)
+    for slope, floor, added in ((0.0, True, 0.0), (2.5, False, 0.0), (2.5, True, math.log(2.0))):
+        config = NetworkConfig(
+            hidden_size=4, distance_anchor=slope, anchor_floor=floor, step_skip=False, narrow_max_features=4
+        )
         net = DetectorNet(config, x.shape[2]).eval()
         with torch.no_grad():
             net.step_head.weight.zero_()  # type: ignore[union-attr]
             net.step_head.bias.zero_()  # type: ignore[union-attr]
             step = net(x).step
         assert step is not None
-        torch.testing.assert_close(step, slope * distance.amax(dim=2))
+        torch.testing.assert_close(step, slope * distance.amax(dim=2) + added)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_network_can_raise_a_floored_step_above_the_distance_prior_but_never_lower_it(seed):
+    """Whatever the weights, a floored narrow model's step logit is at least its floor plus the prior; with
+    the floor off the same weights can take it below."""
+    from detector.model.config import NetworkConfig
+    from detector.model.features import input_channels
+    from detector.model.network import DetectorNet
+
+    x = 3 * torch.randn(8, 16, input_channels(1), generator=torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed)
+    config = NetworkConfig(hidden_size=4, distance_anchor=2.0)
+    floored = DetectorNet(config, x.shape[2]).eval()
+    plain = DetectorNet(config.model_copy(update={"anchor_floor": False}), x.shape[2]).eval()
+    plain.load_state_dict({k: v for k, v in floored.state_dict().items() if k != "step_floor"})
+    with torch.no_grad():
+        floored.step_floor.fill_(-1.5)  # type: ignore[union-attr]
+        floored.step_head.bias.fill_(-20.0)  # type: ignore[union-attr]  # a network that says "lower"
+        plain.step_head.bias.fill_(-20.0)  # type: ignore[union-attr]
+        prior = 2.0 * x[:, :, 4]  # one feature: its distance channel is the fifth
+        assert bool((floored(x).step >= prior - 1.5 - 1e-5).all())  # type: ignore[operator]
+        assert bool((plain(x).step < prior - 1.5).any())  # type: ignore[operator]
 
 
 def _running_max(x: torch.Tensor, rows: int) -> torch.Tensor:

@@ -276,11 +276,11 @@ def _header(data: bytes, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _architecture(raw: Any) -> Any:
     """A stored architecture in today's terms: one written before a scoring setting existed was trained
-    without it (no distance slope, no step hold), and ``distance_anchor_max_features`` is now
+    without it (no distance slope, no floor under it, no step hold), and ``distance_anchor_max_features`` is now
     ``narrow_max_features`` (before the step hold, `train` stored slope 0 in wider models itself)."""
     if not isinstance(raw, dict):
         return raw
-    arch = {"distance_anchor": 0.0, "step_hold": 1, **raw}
+    arch = {"distance_anchor": 0.0, "anchor_floor": False, "step_hold": 1, **raw}
     if "distance_anchor_max_features" in arch:
         arch.setdefault("narrow_max_features", arch.pop("distance_anchor_max_features"))
     return arch

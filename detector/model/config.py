@@ -42,6 +42,11 @@ class NetworkConfig(BaseModel):
     #   while any one row of them may look normal; no single metric's distance ranks them (the slope sank
     #   them), the window's strongest evidence does.
     distance_anchor: float = Field(default=6.0, ge=0.0, le=100.0)
+    # Narrow models: the network may raise a step's logit above the distance prior but not lower it below
+    # (logit = a learnt floor + distance_anchor x distance + softplus(network's)). Added as is (false), the
+    # network learnt to cancel the prior the longer it trained on injected events, in which every natural
+    # deviation of the training data is "normal", and ranked real incidents worse (bench/RESULTS.md).
+    anchor_floor: bool = True
     step_hold: int = Field(default=64, ge=1, le=4096)
     narrow_max_features: int = Field(default=1, ge=0)
     event_types: list[str] = Field(default_factory=list)  # names for the optional multi-class head; empty = off
@@ -50,6 +55,10 @@ class NetworkConfig(BaseModel):
     def anchor_for(self, n_features: int) -> float:
         """The distance slope that scores a model of ``n_features`` features."""
         return self.distance_anchor if n_features <= self.narrow_max_features else 0.0
+
+    def floor_for(self, n_features: int) -> bool:
+        """Whether the step logit of a model of ``n_features`` features is floored at the distance prior."""
+        return self.anchor_floor and self.anchor_for(n_features) > 0
 
     def hold_for(self, n_features: int) -> int:
         """The step hold (rows) that scores a model of ``n_features`` features; 1 = none."""

@@ -81,6 +81,9 @@ class DetectorNet(nn.Module):
         self.distance = distance_channels(in_channels)
         self.anchor = c.anchor_for(feature_count(in_channels))  # 0 = off
         self.hold = c.hold_for(feature_count(in_channels))  # 1 = off
+        # The learnt level of a floored step logit: what it is where the network adds nothing at distance 0.
+        floored = c.step_head and c.floor_for(feature_count(in_channels))
+        self.step_floor = nn.Parameter(torch.zeros(())) if floored else None
         self.attention = nn.Linear(width, 1) if c.window_head and c.pooling == "attention" else None
         self.window_head = nn.Linear(width, 1) if c.window_head else None
         self.event_head = nn.Linear(width, len(c.event_types)) if c.event_types else None
@@ -97,6 +100,12 @@ class DetectorNet(nn.Module):
         assert self.attention is not None
         weights = torch.softmax(self.attention(h).squeeze(-1), dim=1)  # (B, T)
         return torch.einsum("bt,bth->bh", weights, h)
+
+    def step_bias(self) -> torch.Tensor | None:
+        """The parameter that shifts every step logit alike (None without a step head)."""
+        if self.step_floor is not None:
+            return self.step_floor
+        return self.step_head.bias if self.step_head is not None else None
 
     def step_targets(self, labels: torch.Tensor) -> torch.Tensor:
         """Per-step 0/1 labels (B, T) -> what this network's step outputs estimate (held like them)."""
@@ -119,9 +128,10 @@ class DetectorNet(nn.Module):
             step = step + self.step_skip(x).squeeze(-1)
         if step is not None and self.anchor:
             # A fixed (not learnt) rise with the step's largest distance from its series' history, which the
-            # network's own logit adds to: a prior that ranks steps by how far they are from their own
-            # series' past, comparable across series.
-            step = step + self.anchor * x[:, :, self.distance].amax(dim=2)
+            # network's own logit adds to (only upwards when floored): a prior that ranks steps by how far
+            # they are from their own series' past, comparable across series.
+            prior = self.anchor * x[:, :, self.distance].amax(dim=2)
+            step = prior + (self.step_floor + F.softplus(step) if self.step_floor is not None else step)
         if step is not None:
             step = hold(step, self.hold)
         pooled = self.pool(h, h_last) if (self.window_head is not None or self.event_head is not None) else None

@@ -375,9 +375,10 @@ def train(
     # pos_weight w moves the optimal logit up by log(w); take it back out so that the raw model is
     # roughly calibrated at the training prior (calibration proper comes later, on held-out data).
     with torch.no_grad():
-        for head, pw in ((net.window_head, window_pw), (net.step_head, step_pw)):
-            if head is not None and pw > 0:
-                head.bias.sub_(math.log(pw))
+        window_bias = net.window_head.bias if net.window_head is not None else None
+        for bias, pw in ((window_bias, window_pw), (net.step_bias(), step_pw)):
+            if bias is not None and pw > 0:
+                bias.sub_(math.log(pw))
     net.eval()
     with torch.no_grad():
         val_logits = net(vx).window.numpy()
