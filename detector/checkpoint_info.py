@@ -10,8 +10,8 @@ and returns one JSON-safe dict whose keys are stable (README, "Inspect a checkpo
     window_length        T, steps per window
     n_features, features F and the feature names, in input order
     architecture         the network config as stored (hidden_size, num_layers, pooling, event_types, ...)
-    step_scoring         {"distance_anchor": slope, "step_hold": rows}: what those settings resolve to for this
-                         feature count (0 and 1 = off)
+    step_scoring         {"distance_anchor": slope, "anchor_floor": bool, "step_hold": rows}: what those
+                         settings resolve to for this feature count (0, false and 1 = off)
     parameters           the number of weights
     heads                {"window": HEAD, "step": HEAD or null}, HEAD = {"calibration": method
                          ("none" when uncalibrated), "threshold": number, "rule": the rule that chose it}
@@ -51,6 +51,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "architecture": ckpt.network.model_dump(mode="json"),
         "step_scoring": {
             "distance_anchor": ckpt.network.anchor_for(ckpt.n_features),
+            "anchor_floor": ckpt.network.floor_for(ckpt.n_features),
             "step_hold": ckpt.network.hold_for(ckpt.n_features),
         },
         "parameters": sum(t.numel() for t in ckpt.state.values()),
@@ -94,9 +95,11 @@ def render(info: dict[str, Any]) -> list[str]:
         steps = info["step_scoring"]
         kind = "narrow" if info["n_features"] <= arch["narrow_max_features"] else "wide"
         held = f"held over {steps['step_hold']} steps" if steps["step_hold"] > 1 else "not held"
+        floor = " (floored)" if steps["anchor_floor"] else ""
+        features = f"{info['n_features']} feature{'s' if info['n_features'] != 1 else ''}"
         lines.append(
-            f"steps           distance anchor {steps['distance_anchor']:g}, {held} (a {kind} model: "
-            f"{info['n_features']} features, narrow_max_features {arch['narrow_max_features']})"
+            f"steps           distance anchor {steps['distance_anchor']:g}{floor}, {held} (a {kind} model: "
+            f"{features}, narrow_max_features {arch['narrow_max_features']})"
         )
     for name, head in info["heads"].items():
         if head is not None:

@@ -88,7 +88,7 @@ def test_json_is_one_object_with_the_documented_keys(capsys):
     assert (info["window_length"], info["n_features"], info["features"]) == (64, 4, ["f0", "f1", "f2", "f3"])
     assert info["architecture"] == ckpt.network.model_dump(mode="json")
     assert info["parameters"] == sum(t.numel() for t in ckpt.state.values())
-    assert info["step_scoring"] == {"distance_anchor": 0.0, "step_hold": 1}  # stored before either existed
+    assert info["step_scoring"] == {"distance_anchor": 0.0, "anchor_floor": False, "step_hold": 1}  # stored before
     assert info["heads"]["window"] == {"calibration": "isotonic", "threshold": ckpt.window.threshold, "rule": "max-f1"}
     assert set(info["heads"]["step"]) == {"calibration", "threshold", "rule"}
     assert info["calibrated"] is True
@@ -195,3 +195,18 @@ def test_the_readme_documents_every_json_key():
     section = readme.split("### Inspect a checkpoint", 1)[1].split("\n#", 1)[0]
     rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
     assert {key for row in rows for key in re.findall(r"`(\w+)`", row)} == KEYS
+
+
+def test_a_narrow_model_shows_its_floored_distance_anchor(small_data, tmp_path, capsys):
+    """How steps score is shown resolved for the model's feature count: a narrow model has the floored
+    prior and no hold, in the text and in --json."""
+    path = tmp_path / "narrow.ckpt"
+    checkpoint.save(train(small_data, tiny_config(seed=0, narrow_max_features=2)).checkpoint, path)
+    code, out, _ = inspect(capsys, path)
+    assert code == 0
+    assert (
+        "steps           distance anchor 6 (floored), not held (a narrow model: 2 features, narrow_max_features 2)"
+        in out
+    )
+    code, out, _ = inspect(capsys, path, "--json")
+    assert json.loads(out)["step_scoring"] == {"distance_anchor": 6.0, "anchor_floor": True, "step_hold": 1}
