@@ -40,6 +40,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import quality_data as qd
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
@@ -49,6 +50,7 @@ from sklearn.preprocessing import StandardScaler
 from targets import Target, report
 
 from detector import recordings
+from detector.model.network import hold
 
 T = 64  # rows per window: the product's usual window
 CHUNK_WINDOWS = 40_000  # most test windows per `replay --offline` run (about 550 MB of JSON with 19 metrics)
@@ -261,9 +263,8 @@ def isolation_forest(s: qd.Series) -> np.ndarray:
 
 def running_max(scores: np.ndarray, rows: int) -> np.ndarray:
     """Each row's score becomes the largest over it and the ``rows - 1`` scored rows before it: a baseline
-    held as a wide model's steps are (train.network.step_hold)."""
-    padded = np.concatenate([np.full(rows - 1, -np.inf), scores])
-    return sliding_window_view(padded, rows).max(axis=1)
+    held as a wide model's steps are (the product's own hold, train.network.step_hold)."""
+    return hold(torch.from_numpy(np.asarray(scores, dtype=np.float64))[None], rows)[0].numpy()
 
 
 BASELINES: dict[str, Callable[[qd.Series], np.ndarray | None]] = {

@@ -30,6 +30,7 @@ from typing import Any
 
 from detector.model import checkpoint
 from detector.model.checkpoint import Head
+from detector.model.config import NetworkConfig
 
 UNCALIBRATED_METHOD = checkpoint.UNCALIBRATED["method"]
 WIDTH = 100  # of the training lines, which may be long
@@ -93,7 +94,7 @@ def render(info: dict[str, Any]) -> list[str]:
     ]
     if arch["step_head"]:
         steps = info["step_scoring"]
-        kind = "narrow" if info["n_features"] <= arch["narrow_max_features"] else "wide"
+        kind = "narrow" if NetworkConfig.model_validate(arch).is_narrow(info["n_features"]) else "wide"
         held = f"held over {steps['step_hold']} steps" if steps["step_hold"] > 1 else "not held"
         floor = " (floored)" if steps["anchor_floor"] else ""
         features = f"{info['n_features']} feature{'s' if info['n_features'] != 1 else ''}"

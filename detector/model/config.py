@@ -52,9 +52,13 @@ class NetworkConfig(BaseModel):
     event_types: list[str] = Field(default_factory=list)  # names for the optional multi-class head; empty = off
     binary_bottleneck: int = Field(default=0, ge=0)  # >0: a straight-through 0/1 code of this width before the heads
 
+    def is_narrow(self, n_features: int) -> bool:
+        """Whether a model of ``n_features`` features scores its steps as a narrow one (see above)."""
+        return n_features <= self.narrow_max_features
+
     def anchor_for(self, n_features: int) -> float:
         """The distance slope that scores a model of ``n_features`` features."""
-        return self.distance_anchor if n_features <= self.narrow_max_features else 0.0
+        return self.distance_anchor if self.is_narrow(n_features) else 0.0
 
     def floor_for(self, n_features: int) -> bool:
         """Whether the step logit of a model of ``n_features`` features is floored at the distance prior."""
@@ -62,7 +66,7 @@ class NetworkConfig(BaseModel):
 
     def hold_for(self, n_features: int) -> int:
         """The step hold (rows) that scores a model of ``n_features`` features; 1 = none."""
-        return 1 if n_features <= self.narrow_max_features else self.step_hold
+        return 1 if self.is_narrow(n_features) else self.step_hold
 
     @model_validator(mode="after")
     def _some_head(self) -> NetworkConfig:

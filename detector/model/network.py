@@ -79,10 +79,11 @@ class DetectorNet(nn.Module):
         self.step_head = nn.Linear(width, 1) if c.step_head else None
         self.step_skip = nn.Linear(in_channels, 1, bias=False) if c.step_head and c.step_skip else None
         self.distance = distance_channels(in_channels)
-        self.anchor = c.anchor_for(feature_count(in_channels))  # 0 = off
-        self.hold = c.hold_for(feature_count(in_channels))  # 1 = off
+        n_features = feature_count(in_channels)
+        self.anchor = c.anchor_for(n_features)  # 0 = off
+        self.hold = c.hold_for(n_features)  # 1 = off
         # The learnt level of a floored step logit: what it is where the network adds nothing at distance 0.
-        floored = c.step_head and c.floor_for(feature_count(in_channels))
+        floored = c.step_head and c.floor_for(n_features)
         self.step_floor = nn.Parameter(torch.zeros(())) if floored else None
         self.attention = nn.Linear(width, 1) if c.window_head and c.pooling == "attention" else None
         self.window_head = nn.Linear(width, 1) if c.window_head else None

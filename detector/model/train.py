@@ -40,7 +40,7 @@ from detector.model.context import (
 from detector.model.features import InputStats, input_channels, robust_channels
 from detector.model.inject import EVENT_KINDS, EventSpec, inject_batch, noise_scale
 from detector.model.metrics import binary_metrics
-from detector.model.network import DetectorNet, hold
+from detector.model.network import DetectorNet
 from detector.windows import WindowSet
 
 # Training events are sized on the window's own step-to-step noise, which for smooth (autocorrelated)
@@ -319,11 +319,9 @@ def train(
     stats = InputStats.fit(probe_x)
     probe_y = np.concatenate([b.labels for b in probe])
     win_pos = probe_y.max(axis=1).mean()
-    step_pos = float(hold(torch.from_numpy(probe_y.astype(np.float32)), network.hold_for(n_feat)).mean())
     if win_pos == 0:
         raise TrainingError("no training window holds an event (labelled or injected): nothing to learn")
     window_pw = float(min((1 - win_pos) / win_pos, 100.0))
-    step_pw = float(min((1 - step_pos) / max(step_pos, 1e-6), 100.0))
 
     def tensors(values: np.ndarray, contexts: np.ndarray, labels: np.ndarray, kinds: list[str]):
         x = stats.apply(robust_channels(torch.from_numpy(values), torch.from_numpy(contexts)))
@@ -334,6 +332,8 @@ def train(
         return x, y, k
 
     net = DetectorNet(network, input_channels(n_feat))
+    step_pos = float(net.step_targets(torch.from_numpy(probe_y.astype(np.float32))).mean())
+    step_pw = float(min((1 - step_pos) / max(step_pos, 1e-6), 100.0))
     objective = Objective(net, window_pw, step_pw, config.step_loss_weight)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # The cap counts from the start of train(); what is left of it when the first batch runs is the loop's.
