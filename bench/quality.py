@@ -15,8 +15,8 @@ Per dataset (JumpStarter Dataset2 and Dataset3, Microsoft cloud-monitoring):
 3. The same rows get the baseline scores (rolling robust z, whole-history and windowed Gaussians, windowed
    robust z, per-series PCA reconstruction error, per-series isolation forest) and chance; the target is
    measured against the best of them. For reference only (not target baselines), each baseline is also
-   shown held over T rows (a row takes the highest score of the T rows up to it), as a wide model's step
-   probabilities are.
+   shown held as the model holds its step probabilities (a row takes the highest score of the rows up to
+   it: T in a wide model, 2 in a narrow one by default; `detector inspect` shows the model's step_hold).
 4. Metrics per row, pooled over the dataset's series: AUPRC and best F1 for every method; for the product,
    precision, recall and F1 at its `flag`, event recall, median time to detect and false alarms per
    series-day; point-adjusted F1 beside the plain figures. Tables on stdout, figures in
@@ -50,6 +50,7 @@ from sklearn.preprocessing import StandardScaler
 from targets import Target, report
 
 from detector import recordings
+from detector.model import checkpoint
 from detector.model.network import hold
 
 T = 64  # rows per window: the product's usual window
@@ -263,7 +264,7 @@ def isolation_forest(s: qd.Series) -> np.ndarray:
 
 def running_max(scores: np.ndarray, rows: int) -> np.ndarray:
     """Each row's score becomes the largest over it and the ``rows - 1`` scored rows before it: a baseline
-    held as a wide model's steps are (the product's own hold, train.network.step_hold)."""
+    held as the model's steps are (the product's own hold, NetworkConfig.hold_for)."""
     return hold(torch.from_numpy(np.asarray(scores, dtype=np.float64))[None], rows)[0].numpy()
 
 
@@ -352,8 +353,9 @@ def at_flags(labels: list[np.ndarray], flags: list[np.ndarray], rows_per_day: li
 # --- one dataset, the report ---------------------------------------------------------------------------
 
 
-def evaluate(ds: qd.Dataset, product: dict[str, ProductScores]) -> dict[str, dict[str, float]]:
-    """Every method's metrics on the scored rows of ``ds`` (see the module docstring), by method name."""
+def evaluate(ds: qd.Dataset, product: dict[str, ProductScores], hold_rows: int) -> dict[str, dict[str, float]]:
+    """Every method's metrics on the scored rows of ``ds`` (see the module docstring), by method name;
+    baselines also held over ``hold_rows`` rows when that is more than 1."""
     labels = [s.labels[s.first_scored(T) :] for s in ds.series]
     per_day = [s.rows_per_day for s in ds.series]
     ours = [product[s.name] for s in ds.series]
@@ -368,7 +370,9 @@ def evaluate(ds: qd.Dataset, product: dict[str, ProductScores]) -> dict[str, dic
         scores = [baseline(s) for s in ds.series]
         if all(sc is not None for sc in scores):
             methods[name] = ranking(labels, scores)  # type: ignore[arg-type]
-            held[f"{name}, held {T} rows"] = ranking(labels, [running_max(sc, T) for sc in scores])  # type: ignore[arg-type]
+            if hold_rows > 1:
+                held_scores = [running_max(sc, hold_rows) for sc in scores]  # type: ignore[arg-type]
+                held[f"{name}, held {hold_rows} rows"] = ranking(labels, held_scores)
     methods.update(held)
     share = float(np.concatenate(labels).mean())
     flag_all = 2 * share / (1 + share)  # F1 of flagging every row, point-adjusted or not
@@ -428,7 +432,8 @@ def run_dataset(ds: qd.Dataset, work: Path, args: argparse.Namespace) -> dict:
     product = score_product(ds, ckpt, work)
     scoring_s = time.monotonic() - started
     started = time.monotonic()
-    methods = evaluate(ds, product)
+    model = checkpoint.load(ckpt)
+    methods = evaluate(ds, product, model.network.hold_for(model.n_features))
     baselines_s = time.monotonic() - started
     factor, best = ratio(methods)
     print(f"\n{ds.name}\n{table(methods)}")

@@ -7,6 +7,8 @@ and returns one JSON-safe dict whose keys are stable (README, "Inspect a checkpo
     file_bytes           its size
     model_version        the first 16 hex digits of the SHA-256 of its bytes (what output records carry)
     format, format_version
+    normalisation        how the network's inputs are made (features.NORMALISATIONS: ...-v2 measures distance
+                         from the long-run context alone, ...-v3 from the nearer of the long-run and recent)
     window_length        T, steps per window
     n_features, features F and the feature names, in input order
     architecture         the network config as stored (hidden_size, num_layers, pooling, event_types, ...)
@@ -46,6 +48,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "model_version": ckpt.version,
         "format": checkpoint.FORMAT,
         "format_version": checkpoint.FORMAT_VERSION,  # from_bytes reads no other
+        "normalisation": ckpt.stats.kind,
         "window_length": ckpt.window_length,
         "n_features": ckpt.n_features,
         "features": list(ckpt.feature_names),
@@ -82,7 +85,7 @@ def render(info: dict[str, Any]) -> list[str]:
     lines = [
         f"checkpoint      {info['path']} ({info['file_bytes']:,} bytes)",
         f"model_version   {info['model_version']}",
-        f"format          {info['format']} version {info['format_version']}",
+        f"format          {info['format']} version {info['format_version']}, inputs {info['normalisation']}",
         *_wrapped(
             "windows",
             f"T={info['window_length']} steps x F={info['n_features']} features: " + ", ".join(info["features"]),

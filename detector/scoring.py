@@ -21,7 +21,7 @@ import torch
 from detector.codec import Window
 from detector.model import calibration
 from detector.model.checkpoint import Checkpoint
-from detector.model.context import cold_contexts
+from detector.model.context import cold_contexts, context_width
 from detector.model.features import InputStats, prepare
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -153,7 +153,7 @@ class Scorer:
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Raw logits for windows (B, T, F): window (B,), step (B, T) or None, event (B, K) or None.
 
-        ``contexts`` (B, 2F + 1) place each window against its series' history
+        ``contexts`` (B, 4F + 1) place each window against its series' history
         (:mod:`detector.model.context`); None scores every window as a cold series (its own context).
 
         A batch larger than ``chunk`` is scored a chunk at a time; with ``pool`` (CPU only) the chunks are
@@ -163,7 +163,7 @@ class Scorer:
         """
         x = np.ascontiguousarray(values, dtype=np.float32)
         c = cold_contexts(x) if contexts is None else np.ascontiguousarray(contexts, dtype=np.float64)
-        if c.shape != (len(x), 2 * x.shape[2] + 1):
+        if c.shape != (len(x), context_width(x.shape[2])):
             raise ValueError(f"contexts of shape {c.shape} for {len(x)} windows of {x.shape[2]} features")
         if len(x) <= self.chunk:
             return self._forward(x, c)

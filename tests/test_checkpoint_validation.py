@@ -22,7 +22,14 @@ from detector.cli import main
 from detector.errors import CheckpointError, CheckpointRejected
 from detector.model import checkpoint
 from detector.model.checkpoint import Checkpoint
-from detector.model.features import input_channels
+from detector.model.features import (
+    LEGACY_NORMALISATION,
+    NORMALISATION,
+    distance_channels,
+    input_channels,
+    prepare,
+    robust_channels,
+)
 from detector.model.train import train
 from detector.serve.metrics import PrometheusObserver
 from detector.serve.model_check import validated_scorer
@@ -101,6 +108,8 @@ def _huge_header(data: bytes) -> bytes:
     return struct.pack("<Q", len(header)) + header + data[8 + header_len :]
 
 
+UNKNOWN_NORMALISATION = _set("normalisation", "kind", "robust-v9")
+LIST_NORMALISATION = _set("normalisation", "kind", ["x"] * 999)
 HUGE_ARCHITECTURE = _set("architecture", {"hidden_size": 4096, "num_layers": 8, "bidirectional": True})
 
 # name -> (how to make the bad file from a good one, the stage that refuses it, words its reason holds)
@@ -116,6 +125,8 @@ BAD: dict[str, tuple[Callable[[bytes], bytes], str, str]] = {
     "deep-header": (_deep_header, "load", "nested too deeply"),
     "huge-header": (_huge_header, "load", "header of"),
     "truncated": (lambda d: d[: len(d) * 2 // 3], "load", "corrupt detector checkpoint"),
+    "unknown-normalisation": (lambda d: rewrite(d, UNKNOWN_NORMALISATION), "load", "normalisation"),
+    "normalisation-not-a-name": (lambda d: rewrite(d, LIST_NORMALISATION), "load", "normalisation"),
 }
 
 
@@ -323,11 +334,12 @@ def test_an_architecture_without_the_distance_anchor_or_step_hold_loads_without_
     them: they load with a slope of 0 and no hold, not the settings' defaults, and score as they did."""
 
     def drop(meta: Meta) -> None:
-        for key in ("distance_anchor", "anchor_floor", "narrow_max_features", "step_hold"):
+        for key in ("distance_anchor", "anchor_floor", "narrow_max_features", "step_hold", "narrow_step_hold"):
             meta["architecture"].pop(key)
 
     old = checkpoint.from_bytes(rewrite(good, drop))
     assert (old.network.distance_anchor, old.network.step_hold, old.network.narrow_max_features) == (0.0, 1, 1)
+    assert old.network.narrow_step_hold == 1
     assert old.network.anchor_floor is False
     assert (old.build().anchor, old.build().hold) == (0.0, 1)
 
@@ -344,3 +356,25 @@ def test_an_architecture_with_distance_anchor_max_features_reads_it_as_narrow_ma
 
     old = checkpoint.from_bytes(rewrite(good, rename))
     assert (old.network.narrow_max_features, old.network.step_hold, old.network.anchor_floor) == (3, 1, False)
+
+
+def test_a_checkpoint_of_the_previous_normalisation_measures_distance_from_the_long_run_context_alone(good):
+    """Checkpoints from before the recent context (normalisation v2) load, keep their normalisation when
+    written again, and get each step's distance from the long-run context alone, as they were trained;
+    today's take the nearer of the long-run and the recent context."""
+    old_bytes = rewrite(good, _set("normalisation", "kind", LEGACY_NORMALISATION))
+    old, new = checkpoint.from_bytes(old_bytes), checkpoint.from_bytes(good)
+    assert (old.stats.kind, new.stats.kind) == (LEGACY_NORMALISATION, NORMALISATION)
+    assert checkpoint.from_bytes(checkpoint.to_bytes(old)).stats.kind == LEGACY_NORMALISATION
+    f = old.n_features
+    x = torch.zeros(1, 16, f, dtype=torch.float64)
+    x[0, -1] = 10.0  # far from the long-run level (0), at the recent one (10)
+    context = torch.tensor([[0.0] * f + [1.0] * f + [10.0] * f + [1.0] * f + [1.0]], dtype=torch.float64)
+    distance = distance_channels(input_channels(f))
+    legacy = robust_channels(x, context, LEGACY_NORMALISATION)[0, -1, distance]
+    today = robust_channels(x, context, NORMALISATION)[0, -1, distance]
+    torch.testing.assert_close(legacy, torch.full((f,), math.asinh(10.0), dtype=torch.float32))
+    torch.testing.assert_close(today, torch.zeros(f))
+    old_inputs = prepare(x, context, old.stats)  # made the way the checkpoint's statistics were measured
+    torch.testing.assert_close(old_inputs, old.stats.apply(robust_channels(x, context, LEGACY_NORMALISATION)))
+    assert not torch.equal(old_inputs, old.stats.apply(robust_channels(x, context, NORMALISATION)))

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.model.context import (
     BLOCK_ROWS,
     HISTORY_BLOCKS,
+    RECENT_BLOCKS,
     History,
     block_summary,
     cold_contexts,
     context_vector,
+    context_width,
     contexts_in_order,
     level_context,
     pooled_context,
     series_blocks,
+    warm_context,
 )
+from detector.model.features import NORMALISATION, distance_channels, input_channels, robust_channels
 
 T = 16
 STEP = 1000
@@ -108,6 +113,51 @@ def test_only_the_last_history_blocks_count():
     assert got[-1] == 1.0
 
 
+def test_the_recent_context_is_the_newest_blocks_pooled_on_their_own():
+    """Long-run location and scale over the last HISTORY_BLOCKS blocks, then the same over the newest
+    RECENT_BLOCKS alone, then warmth; a cold context repeats its own location and scale as the recent ones."""
+    rows = [series(30 * BLOCK_ROWS, seed=3, features=2), 50 + series(5 * BLOCK_ROWS, features=2)]
+    blocks = series_blocks(np.concatenate(rows))
+    loc, scale = pooled_context(blocks)
+    recent_loc, recent_scale = pooled_context(blocks[-RECENT_BLOCKS:])
+    got = warm_context(blocks)
+    assert got.shape == (context_width(2),)
+    np.testing.assert_array_equal(got, np.concatenate([loc, scale, recent_loc, recent_scale, [35 / HISTORY_BLOCKS]]))
+    assert (recent_loc > loc + 40).all()  # most of the newest blocks are at the new level
+    window = series(T, seed=4, features=2)
+    cold = cold_contexts(window[None])[0]
+    np.testing.assert_array_equal(cold[4:8], cold[:4])
+    assert cold[-1] == 0.0
+
+
+def test_a_level_a_series_moves_to_and_holds_becomes_its_new_normal():
+    """A series that steps to a new level: its first rows there are far from both contexts; once it has held
+    the level for RECENT_BLOCKS blocks, its distance (from the nearer context) is small again, though the
+    long-run context still places it far from its past."""
+    rng = np.random.default_rng(7)
+    before, after = 40 * BLOCK_ROWS, (RECENT_BLOCKS + 1) * BLOCK_ROWS
+    rows = np.concatenate([rng.normal(10.0, 1.0, before), rng.normal(30.0, 1.0, after)])[:, None]
+    history = History(1 << 30)
+    last: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for end in range(T, len(rows) + 1, T):  # consecutive windows, each ending T rows after the last
+        window = rows[end - T : end].astype(np.float32)
+        last[end] = (window, history.observe("s", window, (end - T) * STEP, STEP))
+    f = slice(3, 4)  # the one feature's history channel (level, change, quiet, history, distance)
+    d = distance_channels(input_channels(1))
+
+    def channels(end: int) -> tuple[float, float]:
+        window, context = last[end]
+        out = robust_channels(torch.from_numpy(window[None]), torch.from_numpy(context[None]), NORMALISATION)
+        return float(out[0, -1, f][0]), float(out[0, -1, d][0])
+
+    first_history, first_distance = channels(before + T)
+    late_history, late_distance = channels(len(rows))
+    assert first_distance > 2.0
+    assert first_history > 2.0
+    assert late_history > 2.0
+    assert late_distance < 1.0
+
+
 def test_memory_is_bounded_and_the_least_recently_seen_series_goes_first():
     rows = series(4 * BLOCK_ROWS, seed=7)
     probe = History(1 << 30)
@@ -129,7 +179,7 @@ def test_a_window_of_another_width_starts_the_series_again():
     history = History(1 << 30)
     history.observe("s", series(4 * BLOCK_ROWS, features=1), 0, STEP)
     c = history.observe("s", series(T, features=3), 10**6, STEP)
-    assert c.shape == (7,)
+    assert c.shape == (context_width(3),)
     assert c[-1] == 0.0
 
 
@@ -169,10 +219,11 @@ def test_any_sequence_of_windows_gives_finite_contexts_with_positive_scales(wind
     history = History(20_000)
     for sid, vals, start, step in windows:
         c = history.observe(sid, np.array(vals, dtype=np.float32).reshape(4, 1), start, step)
-        assert c.shape == (3,)
+        assert c.shape == (context_width(1),)
         assert np.isfinite(c).all()
         assert c[1] > 0
-        assert 0 <= c[2] <= 1
+        assert c[3] > 0
+        assert 0 <= c[4] <= 1
     assert history.nbytes <= max(20_000, max(s.nbytes for s in history._series.values()))
     state = history.state()  # whatever the times were, the state is valid and seeds a history
     state.check()

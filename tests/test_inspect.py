@@ -17,6 +17,7 @@ from safetensors.torch import save as save_tensors
 from detector.cli import main
 from detector.demo.model import bundled_path
 from detector.model import checkpoint
+from detector.model.features import LEGACY_NORMALISATION, NORMALISATION
 from detector.model.train import train
 from tests.conftest import tiny_config
 
@@ -27,6 +28,7 @@ KEYS = {
     "model_version",
     "format",
     "format_version",
+    "normalisation",
     "window_length",
     "n_features",
     "features",
@@ -61,7 +63,7 @@ def test_the_bundled_demo_model_is_shown_for_a_person(capsys):
     ckpt = checkpoint.load(DEMO)
     assert (code, err) == (0, "")
     assert ckpt.version in out
-    assert f"detector-checkpoint version {checkpoint.FORMAT_VERSION}" in out
+    assert f"detector-checkpoint version {checkpoint.FORMAT_VERSION}, inputs {LEGACY_NORMALISATION}" in out
     assert "T=64 steps x F=4 features: f0, f1, f2, f3" in out
     assert "bidirectional LSTM layer of 32 units, attention pooling" in out
     assert f"window head     calibration isotonic, threshold {ckpt.window.threshold:.4f} (rule max-f1)" in out
@@ -89,6 +91,7 @@ def test_json_is_one_object_with_the_documented_keys(capsys):
     assert info["architecture"] == ckpt.network.model_dump(mode="json")
     assert info["parameters"] == sum(t.numel() for t in ckpt.state.values())
     assert info["step_scoring"] == {"distance_anchor": 0.0, "anchor_floor": False, "step_hold": 1}  # stored before
+    assert info["normalisation"] == LEGACY_NORMALISATION  # trained before the recent context
     assert info["heads"]["window"] == {"calibration": "isotonic", "threshold": ckpt.window.threshold, "rule": "max-f1"}
     assert set(info["heads"]["step"]) == {"calibration", "threshold", "rule"}
     assert info["calibrated"] is True
@@ -108,6 +111,7 @@ def test_an_uncalibrated_checkpoint_says_so(raw_model, capsys):
     code, out, _ = inspect(capsys, raw_model, "--json")
     info = json.loads(out)
     assert info["calibrated"] is False
+    assert info["normalisation"] == NORMALISATION
     assert info["heads"]["window"]["calibration"] == "none"
 
 
@@ -199,14 +203,14 @@ def test_the_readme_documents_every_json_key():
 
 def test_a_narrow_model_shows_its_floored_distance_anchor(small_data, tmp_path, capsys):
     """How steps score is shown resolved for the model's feature count: a narrow model has the floored
-    prior and no hold, in the text and in --json."""
+    prior and the narrow hold, in the text and in --json."""
     path = tmp_path / "narrow.ckpt"
     checkpoint.save(train(small_data, tiny_config(seed=0, narrow_max_features=2)).checkpoint, path)
     code, out, _ = inspect(capsys, path)
     assert code == 0
     assert (
-        "steps           distance anchor 6 (floored), not held (a narrow model: 2 features, narrow_max_features 2)"
-        in out
+        "steps           distance anchor 6 (floored), held over 2 steps (a narrow model: 2 features, "
+        "narrow_max_features 2)" in out
     )
     code, out, _ = inspect(capsys, path, "--json")
-    assert json.loads(out)["step_scoring"] == {"distance_anchor": 6.0, "anchor_floor": True, "step_hold": 1}
+    assert json.loads(out)["step_scoring"] == {"distance_anchor": 6.0, "anchor_floor": True, "step_hold": 2}

@@ -317,7 +317,12 @@ def test_the_distance_anchor_adds_its_slope_times_each_steps_largest_distance():
     distance = x[:, :, 16:20]  # 4 features x 5 channels: level, change, quiet, history, then distance
     for slope, floor, added in ((0.0, True, 0.0), (2.5, False, 0.0), (2.5, True, math.log(2.0))):
         config = NetworkConfig(
-            hidden_size=4, distance_anchor=slope, anchor_floor=floor, step_skip=False, narrow_max_features=4
+            hidden_size=4,
+            distance_anchor=slope,
+            anchor_floor=floor,
+            step_skip=False,
+            narrow_max_features=4,
+            narrow_step_hold=1,
         )
         net = DetectorNet(config, x.shape[2]).eval()
         with torch.no_grad():
@@ -384,27 +389,30 @@ def test_a_step_farther_from_its_series_history_scores_higher(fit_tiny, small_da
     """The same window scored against histories whose location lies ever farther below it: a narrow
     model's last-step logit rises with the distance, by far more than a briefly trained network alone moves
     it (about 25 against at most ~2 without the anchor)."""
-    scorer = Scorer(fit_tiny(narrow_max_features=small_data.shape[1]))
+    # Unheld, so that the last step's logit is its own (the hold is tested on its own above).
+    scorer = Scorer(fit_tiny(narrow_max_features=small_data.shape[1], narrow_step_hold=1))
     window = small_data.values[:1].astype(np.float32)
     f = window.shape[2]
     last = window[0, -1]
     logits = []
     for distance in (0.0, 3.0, 10.0, 30.0):
-        context = np.concatenate([last - distance, np.ones(f), [1.0]]).astype(np.float64)[None]
+        far = [last - distance, np.ones(f)]  # long-run and recent contexts alike
+        context = np.concatenate([*far, *far, [1.0]]).astype(np.float64)[None]
         logits.append(float(scorer.logits(window, context)[1][0, -1]))  # type: ignore[index]
     assert logits == sorted(logits), logits
     assert logits[-1] > logits[0] + 10, logits
 
 
 def test_the_feature_count_decides_between_the_distance_anchor_and_the_step_hold(fit_tiny, small_data):
-    """Up to narrow_max_features features a model scores with the slope and no hold, beyond it with the hold
-    and no slope; the checkpoint stores the settings, and what they resolve to follows from it alone
+    """Up to narrow_max_features features a model scores with the slope and the narrow hold, beyond it with
+    the (wide) hold and no slope; the checkpoint stores the settings, and what they resolve to follows from it alone
     (the model it builds, and the step targets that calibrate and evaluate compare with)."""
     f, t = small_data.shape[1], small_data.shape[0]
     assert f > 1
-    wide, narrow = fit_tiny(step_hold=4), fit_tiny(narrow_max_features=f, distance_anchor=2.5)
+    wide = fit_tiny(step_hold=4, narrow_step_hold=3)
+    narrow = fit_tiny(narrow_max_features=f, distance_anchor=2.5, step_hold=4, narrow_step_hold=2)
     assert (wide.build().anchor, wide.build().hold) == (0.0, 4)
-    assert (narrow.build().anchor, narrow.build().hold) == (2.5, 1)
+    assert (narrow.build().anchor, narrow.build().hold) == (2.5, 2)
     restored = checkpoint.from_bytes(checkpoint.to_bytes(wide))
     assert (restored.build().anchor, restored.build().hold) == (0.0, 4)
     labels = np.zeros((2, t), np.int8)
@@ -415,7 +423,8 @@ def test_the_feature_count_decides_between_the_distance_anchor_and_the_step_hold
     expected[0, 3:7] = 1  # the event's step and the 3 after it
     expected[1, t - 1] = 1
     np.testing.assert_array_equal(held, expected)
-    np.testing.assert_array_equal(narrow.step_targets(labels), labels)
+    expected[0, 5:7] = 0  # held over 2 steps: the event's step and the one after it
+    np.testing.assert_array_equal(narrow.step_targets(labels), expected)
 
 
 def test_training_calibration_and_evaluation_compare_steps_with_held_labels(fit_tiny, small_data, tmp_path):

@@ -17,7 +17,8 @@ small file cannot make a reader allocate more than the limits allow:
     weights            exactly the tensor names and shapes the architecture implies
     thresholds         probabilities in [0, 1], or THRESHOLD_MAX, just above 1, to flag nothing (both heads)
     series history     at most MAX_HISTORY_BYTES (64 MiB) of block summaries, consistent and finite
-    normalisation      finite means, finite positive standard deviations, 5 per feature and 1 more
+    normalisation      one of features.NORMALISATIONS; finite means, finite positive standard deviations,
+                       5 per feature and 1 more
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ from detector.errors import CheckpointError
 from detector.model import calibration
 from detector.model.config import NetworkConfig
 from detector.model.context import BLOCK_ROWS, HISTORY_BLOCKS, HistoryState, state_bytes
-from detector.model.features import NORMALISATION, InputStats, input_channels
+from detector.model.features import NORMALISATIONS, InputStats, input_channels
 from detector.model.network import DetectorNet, hold
 from detector.model.thresholds import FLAG_NOTHING
 
 FORMAT = "detector-checkpoint"
-FORMAT_VERSION = 2  # 2: inputs carry the series' history (normalisation window-robust-diff-history-v2)
+# 2: inputs carry the series' history (normalisation window-robust-diff-history-v2, or v3 since the recent
+# context, which changes the inputs and not the layout of the file)
+FORMAT_VERSION = 2
 UNCALIBRATED: dict[str, Any] = {"method": "none"}
 
 MAX_HEADER_BYTES = 4 << 20
@@ -121,7 +124,7 @@ def _metadata(ckpt: Checkpoint) -> dict[str, Any]:
         "architecture": ckpt.network.model_dump(mode="json"),
         "window_length": ckpt.window_length,
         "features": list(ckpt.feature_names),
-        "normalisation": {"kind": NORMALISATION, "mean": list(ckpt.stats.mean), "std": list(ckpt.stats.std)},
+        "normalisation": {"kind": ckpt.stats.kind, "mean": list(ckpt.stats.mean), "std": list(ckpt.stats.std)},
         "heads": {"window": head(ckpt.window), "step": head(ckpt.step)},
         "training": ckpt.training,
         "history": None if ckpt.history is None else {"series": list(ckpt.history.series)},
@@ -276,11 +279,12 @@ def _header(data: bytes, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _architecture(raw: Any) -> Any:
     """A stored architecture in today's terms: one written before a scoring setting existed was trained
-    without it (no distance slope, no floor under it, no step hold), and ``distance_anchor_max_features`` is now
-    ``narrow_max_features`` (before the step hold, `train` stored slope 0 in wider models itself)."""
+    without it (no distance slope, no floor under it, no step hold for either kind of model), and
+    ``distance_anchor_max_features`` is now ``narrow_max_features`` (before the step hold, `train` stored
+    slope 0 in wider models itself)."""
     if not isinstance(raw, dict):
         return raw
-    arch = {"distance_anchor": 0.0, "anchor_floor": False, "step_hold": 1, **raw}
+    arch = {"distance_anchor": 0.0, "anchor_floor": False, "step_hold": 1, "narrow_step_hold": 1, **raw}
     if "distance_anchor_max_features" in arch:
         arch.setdefault("narrow_max_features", arch.pop("distance_anchor_max_features"))
     return arch
@@ -304,12 +308,14 @@ def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
                 f"windows of {window_length} x {n_features} values, the limit is {MAX_WINDOW_VALUES:,} values"
             )
         norm = meta["normalisation"]
-        if norm["kind"] != NORMALISATION:
+        if norm["kind"] not in NORMALISATIONS:
             raise ValueError(
-                f"normalisation {norm['kind']!r}, this detector reads {NORMALISATION!r} (train the model again)"
+                f"normalisation {str(norm['kind'])[:80]!r}, this detector reads "
+                f"{' or '.join(map(repr, NORMALISATIONS))} (train the model again)"
             )
         channels = input_channels(n_features)
-        stats = InputStats(_numbers(norm["mean"], "mean", channels), _numbers(norm["std"], "std", channels, True))
+        mean, std = _numbers(norm["mean"], "mean", channels), _numbers(norm["std"], "std", channels, True)
+        stats = InputStats(mean, std, norm["kind"])
         heads = meta["heads"]
         window, step = _head(heads["window"], "window"), _head(heads["step"], "step")
         _check_weights(header, _weight_shapes(network, channels))

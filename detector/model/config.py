@@ -48,6 +48,10 @@ class NetworkConfig(BaseModel):
     # deviation of the training data is "normal", and ranked real incidents worse (bench/RESULTS.md).
     anchor_floor: bool = True
     step_hold: int = Field(default=64, ge=1, le=4096)
+    # Narrow models hold each step's probability over that step and the ``narrow_step_hold - 1`` before it
+    # (trained on labels held the same way): a labelled incident on a univariate series often goes on a row
+    # past its largest deviation, and a lone spike is not worth more than two rows of evidence.
+    narrow_step_hold: int = Field(default=2, ge=1, le=4096)
     narrow_max_features: int = Field(default=1, ge=0)
     event_types: list[str] = Field(default_factory=list)  # names for the optional multi-class head; empty = off
     binary_bottleneck: int = Field(default=0, ge=0)  # >0: a straight-through 0/1 code of this width before the heads
@@ -66,7 +70,7 @@ class NetworkConfig(BaseModel):
 
     def hold_for(self, n_features: int) -> int:
         """The step hold (rows) that scores a model of ``n_features`` features; 1 = none."""
-        return 1 if self.is_narrow(n_features) else self.step_hold
+        return self.narrow_step_hold if self.is_narrow(n_features) else self.step_hold
 
     @model_validator(mode="after")
     def _some_head(self) -> NetworkConfig:

@@ -3,8 +3,12 @@
 A window alone cannot tell a series that is always spiky from one that has just broken: normalised by its
 own median and noise (:mod:`detector.model.features`), every spike looks alike. So each window is also
 given a *context*: per feature, a location and a robust scale of its series' levels over the last
-``HISTORY_BLOCKS`` blocks of ``BLOCK_ROWS`` rows seen before it, plus how much history that is. The
-network reads ``asinh((x - location) / scale)`` beside its window channels.
+``HISTORY_BLOCKS`` blocks of ``BLOCK_ROWS`` rows seen before it, the same over its last ``RECENT_BLOCKS``
+blocks alone (the recent context), plus how much history that is. The network reads
+``asinh((x - location) / scale)`` beside its window channels, and how far a step is from the nearer of
+the two contexts (:mod:`detector.model.features`): a step is far from its series' history only when it is
+far from both its long-run and its recent levels, so a level a series has moved to and held for a few
+hundred rows becomes its new normal, while the first rows of the move stand out.
 
 A series' history is kept as block summaries, not rows: each completed block of ``BLOCK_ROWS`` rows leaves
 its median, its robust scale and its mean absolute deviation per feature (:func:`block_summary`), so that a
@@ -36,8 +40,9 @@ A :class:`HistoryState` is what a :class:`History` holds for some series, in arr
 the state its training recording left, and serving starts from it, so that a series the model was trained
 on is warm from its first window, as if the training recording had been replayed just before.
 
-A context vector is float64 of length ``2F + 1``: ``F`` locations, ``F`` scales, then warmth (blocks held
-/ ``HISTORY_BLOCKS``, in [0, 1]).
+A context vector is float64 of length ``4F + 1`` (:func:`context_width`): ``F`` locations, ``F`` scales
+(over ``HISTORY_BLOCKS`` blocks), ``F`` recent locations, ``F`` recent scales (over ``RECENT_BLOCKS``),
+then warmth (blocks held / ``HISTORY_BLOCKS``, in [0, 1]). A cold context's recent half repeats its first.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from detector.windows import WindowSet
 
 BLOCK_ROWS = 64  # rows summarised together; a series' context is measured again when a block completes
 HISTORY_BLOCKS = 100  # blocks the context is measured over (6,400 rows)
+RECENT_BLOCKS = 8  # the newest blocks, measured again on their own: the series' recent context (512 rows)
 MAD_TO_SIGMA = 1.4826  # the standard deviation of a normal sample over its MAD
 MEAN_ABS_TO_SIGMA = 1.2533  # ... over its mean absolute deviation
 
@@ -104,27 +110,34 @@ def pooled_context(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return loc, _floored(np.maximum(between, within), loc)
 
 
+def context_width(n_features: int) -> int:
+    """The length of a context vector for windows of ``n_features`` features (see the module docstring)."""
+    return 4 * n_features + 1
+
+
 def warm_context(blocks: np.ndarray) -> np.ndarray:
-    """The context (2F + 1,) given by the summaries (k, 3, F), k >= 1, of a series' completed blocks, oldest
-    first; only the last ``HISTORY_BLOCKS`` count."""
+    """The context (4F + 1,) given by the summaries (k, 3, F), k >= 1, of a series' completed blocks, oldest
+    first: pooled over the last ``HISTORY_BLOCKS`` of them, then over the last ``RECENT_BLOCKS``."""
     blocks = blocks[-HISTORY_BLOCKS:]
     loc, scale = pooled_context(blocks)
-    return np.concatenate([loc, scale, [len(blocks) / HISTORY_BLOCKS]])
+    recent_loc, recent_scale = pooled_context(blocks[-RECENT_BLOCKS:])
+    return np.concatenate([loc, scale, recent_loc, recent_scale, [len(blocks) / HISTORY_BLOCKS]])
 
 
 def context_vector(blocks: np.ndarray | None, window: np.ndarray) -> np.ndarray:
-    """The context (2F + 1,) of ``window`` (T, F) given the summaries of its series' completed blocks
+    """The context (4F + 1,) of ``window`` (T, F) given the summaries of its series' completed blocks
     before it (see :func:`warm_context`); none (or None) gives the cold context, measured on the window."""
     if blocks is None or len(blocks) == 0:
-        loc, scale = level_context(window)
-        return np.concatenate([loc, scale, [0.0]])
+        return cold_contexts(window[None])[0]
     return warm_context(blocks)
 
 
 def cold_contexts(values: np.ndarray) -> np.ndarray:
-    """Cold contexts (B, 2F + 1) for windows (B, T, F): each window its own context, warmth 0."""
+    """Cold contexts (B, 4F + 1) for windows (B, T, F): each window its own context, long and recent alike,
+    warmth 0."""
     loc, spread, _ = _robust(values, axis=1)
-    return np.concatenate([loc, _floored(spread, loc), np.zeros((len(loc), 1))], axis=1)
+    scale = _floored(spread, loc)
+    return np.concatenate([loc, scale, loc, scale, np.zeros((len(loc), 1))], axis=1)
 
 
 def series_blocks(rows: np.ndarray) -> np.ndarray:
@@ -142,7 +155,7 @@ class _Series:
     __slots__ = ("blocks", "context", "held", "last_time", "partial", "partial_rows", "previous", "write")
 
     def __init__(self, n_features: int) -> None:
-        # A ring of block summaries: the pooled statistic does not depend on their order.
+        # A ring of block summaries, the oldest at (write - held) % HISTORY_BLOCKS.
         self.blocks = np.empty((HISTORY_BLOCKS, 3, n_features))
         self.held = 0  # blocks in the ring
         self.write = 0  # where the next block goes
@@ -174,11 +187,15 @@ class _Series:
                 self.partial_rows = 0
                 self.context = None
 
+    def chronological(self) -> np.ndarray:
+        """The block summaries held (held, 3, F), oldest first."""
+        return self.blocks[(self.write - self.held + np.arange(self.held)) % HISTORY_BLOCKS]
+
     def context_for(self, window: np.ndarray) -> np.ndarray:
         if not self.held:
             return context_vector(None, window)
         if self.context is None:
-            self.context = context_vector(self.blocks[: self.held], window)
+            self.context = context_vector(self.chronological(), window)
         return self.context
 
     def new_rows(self, values: np.ndarray, start: int | None, step_ms: int | None) -> int:
@@ -278,8 +295,7 @@ class History:
         partial = np.zeros((len(chosen), BLOCK_ROWS, f))
         counts = np.zeros((len(chosen), 3), dtype=np.int64)
         for i, (_, series) in enumerate(chosen):
-            order = (series.write - series.held + np.arange(series.held)) % HISTORY_BLOCKS
-            blocks[i, : series.held] = series.blocks[order]
+            blocks[i, : series.held] = series.chronological()
             partial[i] = series.partial
             last = series.last_time
             if last is None or not NO_TIME < last < 2**63:  # a time int64 cannot hold is kept as none
@@ -307,7 +323,7 @@ class History:
         self._forget_past_bound()
 
     def observe(self, series_id: str, values: np.ndarray, start: int | None, step_ms: int | None) -> np.ndarray:
-        """The context (2F + 1,) of a window (values (T, F)) of ``series_id``; then the window's new rows
+        """The context (4F + 1,) of a window (values (T, F)) of ``series_id``; then the window's new rows
         join that series' history (see the module docstring)."""
         series = self._series.pop(series_id, None)
         if series is not None:
@@ -337,10 +353,10 @@ def contexts_in_order(
     step_ms: list[int | None],
     seed: HistoryState | None = None,
 ) -> np.ndarray:
-    """Contexts (N, 2F + 1) of windows scored in the given order by a fresh, unbounded :class:`History`
+    """Contexts (N, 4F + 1) of windows scored in the given order by a fresh, unbounded :class:`History`
     seeded with ``seed``: what ``replay --offline`` gives the windows of a recording."""
     if not len(values):
-        return np.zeros((0, 2 * values.shape[-1] + 1))
+        return np.zeros((0, context_width(values.shape[-1])))
     history = History(max_bytes=1 << 62)
     if seed is not None and seed.n_features == values.shape[-1]:
         history.seed(seed)

@@ -8,15 +8,20 @@ Each window is therefore made scale-free on its own, per feature, before the net
     change = asinh(diff(x) / scale)                    step-to-step change, compressed
     quiet  = log(|diff(x)| / scale + 1e-2)             very negative on flat lines, large on bursts
 
-and, against the series' own history (:mod:`detector.model.context`: a location and scale per feature),
+and, against the series' own history (:mod:`detector.model.context`: a long-run and a recent location and
+scale per feature),
 
     history = asinh((x - location) / scale)            where the window sits against its series' past
-    distance = |history|                               how far from it, whichever side
+    distance = min(|history|, |asinh((x - recent location) / recent scale)|)
+                                                       how far from it, whichever side: from the nearer of
+                                                       the long-run and the recent levels
 
 giving 5 channels per feature, then one shared channel, the context's warmth (how much history stands
 behind the location and scale; 0 for a cold series, whose window is its own context). Those channels are
 then standardised with a mean and std per channel measured on training data; those ``InputStats`` travel
-in the checkpoint.
+in the checkpoint, with the name of the normalisation they were measured under. A checkpoint of the previous
+normalisation (``LEGACY_NORMALISATION``, from before the recent context) gets its distance from the
+long-run context alone, as it was trained.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import torch
 
 CHANNELS_PER_FEATURE = 5
 SHARED_CHANNELS = 1
-NORMALISATION = "window-robust-diff-history-v2"
+NORMALISATION = "window-robust-diff-history-v3"
+LEGACY_NORMALISATION = "window-robust-diff-history-v2"  # distance = |history|: no recent context
+NORMALISATIONS = (LEGACY_NORMALISATION, NORMALISATION)  # what a checkpoint may name
 
 
 def input_channels(n_features: int) -> int:
@@ -46,9 +53,10 @@ def distance_channels(in_channels: int) -> slice:
     return slice(4 * f, 5 * f)
 
 
-def robust_channels(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """Raw windows (B, T, F) and their contexts (B, 2F + 1) -> scale-free channels (B, T, 5F + 1), float32,
-    finite for any finite input and any context with positive scales."""
+def robust_channels(x: torch.Tensor, context: torch.Tensor, kind: str = NORMALISATION) -> torch.Tensor:
+    """Raw windows (B, T, F) and their contexts (B, 4F + 1) -> scale-free channels (B, T, 5F + 1), float32,
+    finite for any finite input and any context with positive scales; ``kind`` is one of
+    ``NORMALISATIONS``."""
     x = x.to(torch.float64)  # float32 loses the noise of a series around 10^6
     context = context.to(torch.float64)
     f = x.shape[2]
@@ -63,17 +71,22 @@ def robust_channels(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     change = torch.asinh(d / scale)
     quiet = torch.log(d.abs() / scale + 1e-2)
     history = torch.asinh((x - context[:, None, :f]) / context[:, None, f : 2 * f])
-    warmth = context[:, None, 2 * f :].expand(-1, x.shape[1], -1)
+    distance = history.abs()
+    if kind != LEGACY_NORMALISATION:
+        recent = torch.asinh((x - context[:, None, 2 * f : 3 * f]) / context[:, None, 3 * f : 4 * f])
+        distance = torch.minimum(distance, recent.abs())
+    warmth = context[:, None, 4 * f :].expand(-1, x.shape[1], -1)
     # The order is the layout that distance_channels() names.
-    return torch.cat([level, change, quiet, history, history.abs(), warmth], dim=2).to(torch.float32)
+    return torch.cat([level, change, quiet, history, distance, warmth], dim=2).to(torch.float32)
 
 
 @dataclass(frozen=True)
 class InputStats:
-    """Mean and std of each network input channel, measured on training windows."""
+    """Mean and std of each network input channel, measured on training windows of normalisation ``kind``."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    kind: str = NORMALISATION
 
     @classmethod
     def fit(cls, channels: torch.Tensor) -> InputStats:
@@ -90,5 +103,6 @@ class InputStats:
 
 
 def prepare(x: torch.Tensor, context: torch.Tensor, stats: InputStats) -> torch.Tensor:
-    """Raw windows (B, T, F) and contexts (B, 2F + 1) -> standardised network inputs (B, T, 5F + 1)."""
-    return stats.apply(robust_channels(x, context))
+    """Raw windows (B, T, F) and contexts (B, 4F + 1) -> standardised network inputs (B, T, 5F + 1), made the
+    way ``stats`` were measured."""
+    return stats.apply(robust_channels(x, context, stats.kind))

@@ -32,12 +32,13 @@ from detector.model.context import (
     BLOCK_ROWS,
     HISTORY_BLOCKS,
     cold_contexts,
+    context_width,
     history_after,
     recording_contexts,
     series_blocks,
     warm_context,
 )
-from detector.model.features import InputStats, input_channels, robust_channels
+from detector.model.features import InputStats, input_channels, prepare, robust_channels
 from detector.model.inject import EVENT_KINDS, EventSpec, inject_batch, noise_scale
 from detector.model.metrics import binary_metrics
 from detector.model.network import DetectorNet
@@ -55,15 +56,15 @@ COLD_SHARE = 0.15  # share of training windows whose history is cut short (down 
 @dataclass
 class Batch:
     values: np.ndarray  # (B, T, F)
-    contexts: np.ndarray  # (B, 2F + 1) float64
+    contexts: np.ndarray  # (B, 4F + 1) float64
     labels: np.ndarray  # (B, T) int8
     kinds: list[str]  # event type per window, "none" without one
 
 
 def _grid_contexts(blocks: np.ndarray, n_features: int) -> np.ndarray:
-    """Contexts (k + 1, 2F + 1) of a series whose block summaries are ``blocks`` (k, 3, F), with history
+    """Contexts (k + 1, 4F + 1) of a series whose block summaries are ``blocks`` (k, 3, F), with history
     ending after 0, 1, ..., k blocks; after 0 a cold placeholder (warmth 0, see :func:`_recold`)."""
-    out = np.zeros((len(blocks) + 1, 2 * n_features + 1))
+    out = np.zeros((len(blocks) + 1, context_width(n_features)))
     for k in range(1, len(blocks) + 1):
         out[k] = warm_context(blocks[max(0, k - HISTORY_BLOCKS) : k])
     return out
@@ -136,7 +137,7 @@ class BatchSampler:
         seg_idx = rng.choice(len(self.segments), size=size, p=self.weights)
         n_feat = self.segments[0][0].shape[1]
         values = np.empty((size, t, n_feat), dtype=np.float32)
-        contexts = np.empty((size, 2 * n_feat + 1))
+        contexts = np.empty((size, context_width(n_feat)))
         labels = np.empty((size, t), dtype=np.int8)
         for j, s in enumerate(seg_idx):
             v, lab = self.segments[s]
@@ -144,16 +145,18 @@ class BatchSampler:
             values[j] = v[off : off + t]
             labels[j] = lab[off : off + t]
             contexts[j] = self._context(s, off + t)
-        loc, scale, warmth = contexts[:, :n_feat], contexts[:, n_feat : 2 * n_feat], contexts[:, 2 * n_feat :]
+        # Per feature: long-run location, scale, recent location, scale (context.context_width); then warmth.
+        parts = [contexts[:, i * n_feat : (i + 1) * n_feat] for i in range(4)]
+        warmth = contexts[:, 4 * n_feat :]
         if self.cfg.permute_channels and n_feat > 1:
             perm = np.argsort(rng.random((size, n_feat)), axis=1)
             values = np.take_along_axis(values, perm[:, None, :], axis=2)
-            loc, scale = np.take_along_axis(loc, perm, axis=1), np.take_along_axis(scale, perm, axis=1)
+            parts = [np.take_along_axis(p, perm, axis=1) for p in parts]
         if self.cfg.flip_sign:
             sign = np.where(rng.random((size, n_feat)) < 0.5, -1.0, 1.0)
             values = values * sign[:, None, :].astype(np.float32)
-            loc = loc * sign
-        contexts = np.concatenate([loc, scale, warmth], axis=1)
+            parts[0], parts[2] = parts[0] * sign, parts[2] * sign  # the locations
+        contexts = np.concatenate([*parts, warmth], axis=1)
         kinds = ["none" if not lab.any() else "unknown" for lab in labels]
         if self.rate > 0:
             sized = _event_scales(values, _recold(contexts, values), rng)
@@ -324,7 +327,7 @@ def train(
     window_pw = float(min((1 - win_pos) / win_pos, 100.0))
 
     def tensors(values: np.ndarray, contexts: np.ndarray, labels: np.ndarray, kinds: list[str]):
-        x = stats.apply(robust_channels(torch.from_numpy(values), torch.from_numpy(contexts)))
+        x = prepare(torch.from_numpy(values), torch.from_numpy(contexts), stats)
         y = torch.from_numpy(labels.astype(np.float32))
         k = None
         if event_types:
