@@ -16,7 +16,8 @@ Per dataset (JumpStarter Dataset2 and Dataset3, Microsoft cloud-monitoring):
    robust z, per-series PCA reconstruction error, per-series isolation forest) and chance; the target is
    measured against the best of them. For reference only (not target baselines), each baseline is also
    shown held as the model holds its step probabilities (a row takes the highest score of the rows up to
-   it: T in a wide model, 2 in a narrow one by default; `detector inspect` shows the model's step_hold).
+   it: `train.network.step_hold` (64) in a wide model, `narrow_step_hold` (2) in a narrow one by default;
+   `detector inspect` shows the model's).
 4. Metrics per row, pooled over the dataset's series: AUPRC and best F1 for every method; for the product,
    precision, recall and F1 at its `flag`, event recall, median time to detect and false alarms per
    series-day; point-adjusted F1 beside the plain figures. Tables on stdout, figures in
@@ -428,11 +429,11 @@ def run_dataset(ds: qd.Dataset, work: Path, args: argparse.Namespace) -> dict:
         training: dict = {"reused": str(ckpt)}
     else:
         training = train_model(ds, ckpt, work, args.epochs, args.train_minutes)
+    model = checkpoint.load(ckpt)
     started = time.monotonic()
     product = score_product(ds, ckpt, work)
     scoring_s = time.monotonic() - started
     started = time.monotonic()
-    model = checkpoint.load(ckpt)
     methods = evaluate(ds, product, model.network.hold_for(model.n_features))
     baselines_s = time.monotonic() - started
     factor, best = ratio(methods)

@@ -378,3 +378,15 @@ def test_a_checkpoint_of_the_previous_normalisation_measures_distance_from_the_l
     old_inputs = prepare(x, context, old.stats)  # made the way the checkpoint's statistics were measured
     torch.testing.assert_close(old_inputs, old.stats.apply(robust_channels(x, context, LEGACY_NORMALISATION)))
     assert not torch.equal(old_inputs, old.stats.apply(robust_channels(x, context, NORMALISATION)))
+
+
+def test_inputs_are_made_only_under_a_known_normalisation_and_context_width():
+    """Code that makes inputs itself gets a ValueError for a normalisation or a context width it does not
+    know, never inputs made some other way."""
+    x = torch.zeros(2, 16, 3, dtype=torch.float64)
+    context = torch.ones(2, 13, dtype=torch.float64)  # 4 x 3 + 1
+    assert robust_channels(x, context, NORMALISATION).shape == (2, 16, input_channels(3))
+    with pytest.raises(ValueError, match="normalisation"):
+        robust_channels(x, context, "window-robust-diff-history-v9")
+    with pytest.raises(ValueError, match="width 7 for 3 features"):
+        robust_channels(x, context[:, :7], NORMALISATION)

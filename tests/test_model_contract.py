@@ -28,7 +28,7 @@ VARIANTS = {
     "bidirectional-2-layers": {"bidirectional": True, "num_layers": 2, "pooling": "last"},
     "binary-bottleneck": {"binary_bottleneck": 6},
     "event-head": {"event_head": True},
-    "narrow": {"narrow_max_features": 2},  # distance anchor, no step hold: the small recording has 2 features
+    "narrow": {"narrow_max_features": 2},  # distance anchor, narrow hold: the small recording has 2 features
 }
 CALIBRATORS = ["none", "platt", "isotonic", "temperature"]
 

@@ -310,7 +310,7 @@ def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
         norm = meta["normalisation"]
         if norm["kind"] not in NORMALISATIONS:
             raise ValueError(
-                f"normalisation {str(norm['kind'])[:80]!r}, this detector reads "
+                f"normalisation {repr(norm['kind'])[:80]}, this detector reads "
                 f"{' or '.join(map(repr, NORMALISATIONS))} (train the model again)"
             )
         channels = input_channels(n_features)

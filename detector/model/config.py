@@ -33,9 +33,10 @@ class NetworkConfig(BaseModel):
     # Narrow models (at most ``narrow_max_features`` features: univariate series) and wide ones score steps
     # differently, by measurement on real data (bench/RESULTS.md, Real data):
     # - narrow: each step's logit also rises by ``distance_anchor`` per unit of the step's standardised
-    #   distance from its series' history (a fixed slope, not learnt; 0 = off). Trained on injected events
-    #   alone, the network learns to spot them inside a window and leaves the distance under-used; the fixed
-    #   slope keeps real incidents, far from their series' past, above a spiky series' everyday moves.
+    #   distance from its series' history (a fixed slope, not learnt; 0 = off), and is held over
+    #   ``narrow_step_hold`` steps (below). Trained on injected events alone, the network learns to spot
+    #   them inside a window and leaves the distance under-used; the fixed slope keeps real incidents, far
+    #   from their series' past, above a spiky series' everyday moves.
     # - wide: each step's probability is the highest of the network's over that step and the
     #   ``step_hold - 1`` steps before it in the window (1 = off), and is trained on labels held the same
     #   way: "an event within the last step_hold rows". Incidents on multi-metric services last for hours
@@ -49,8 +50,8 @@ class NetworkConfig(BaseModel):
     anchor_floor: bool = True
     step_hold: int = Field(default=64, ge=1, le=4096)
     # Narrow models hold each step's probability over that step and the ``narrow_step_hold - 1`` before it
-    # (trained on labels held the same way): a labelled incident on a univariate series often goes on a row
-    # past its largest deviation, and a lone spike is not worth more than two rows of evidence.
+    # (trained on labels held the same way; 1 = off): a labelled incident on a univariate series often goes
+    # on a row past its largest deviation (bench/RESULTS.md: 2 rows ranked best, 3 or more worse).
     narrow_step_hold: int = Field(default=2, ge=1, le=4096)
     narrow_max_features: int = Field(default=1, ge=0)
     event_types: list[str] = Field(default_factory=list)  # names for the optional multi-class head; empty = off

@@ -1,4 +1,4 @@
-"""Per-series context: where a window sits against its own series' recent history.
+"""Per-series context: where a window sits against its own series' past.
 
 A window alone cannot tell a series that is always spiky from one that has just broken: normalised by its
 own median and noise (:mod:`detector.model.features`), every spike looks alike. So each window is also
@@ -26,9 +26,10 @@ One definition serves training and scoring alike:
   contexts the same way (:func:`warm_context` over the blocks completed 1 to ``T + BLOCK_ROWS`` rows
   before a window's end).
 - A series with no completed block is *cold*: the window is its own context (its own median and level
-  scale, :func:`level_context`) and the warmth entry is 0. A cold series therefore scores from its first
-  window on the window's evidence alone, against its own history once ``BLOCK_ROWS`` rows have been seen,
-  and against ``HISTORY_BLOCKS`` x ``BLOCK_ROWS`` rows from then on.
+  scale, :func:`cold_contexts`, as both the long-run and the recent context) and the warmth entry is 0. A
+  cold series therefore scores from its first window on the window's evidence alone, against its own
+  history once ``BLOCK_ROWS`` rows have been seen, and against up to ``HISTORY_BLOCKS`` x ``BLOCK_ROWS``
+  rows (its recent context: up to ``RECENT_BLOCKS`` x ``BLOCK_ROWS``) as they accumulate.
 
 Which rows of a window are new: with ``start`` and ``step_ms`` the rows are placed by time (rows at or
 before the last time held are not added again, so overlapping windows add each row once, and a window that
@@ -49,10 +50,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from detector.windows import WindowSet
+
+if TYPE_CHECKING:
+    import torch
+
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 BLOCK_ROWS = 64  # rows summarised together; a series' context is measured again when a block completes
 HISTORY_BLOCKS = 100  # blocks the context is measured over (6,400 rows)
@@ -91,9 +98,9 @@ def _robust(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def level_context(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (n, F), n >= 1 -> (location (F,), scale (F,)) float64: each feature's median and the robust
-    scale of its levels (see the module docstring), floored so that it is positive and finite."""
-    loc, spread, _ = _robust(rows, axis=0)
+    """Rows (..., n, F), n >= 1 -> (location (..., F), scale (..., F)) float64: each feature's median and
+    the robust scale of its levels (see the module docstring), floored so that it is positive and finite."""
+    loc, spread, _ = _robust(rows, axis=np.ndim(rows) - 2)
     return loc, _floored(spread, loc)
 
 
@@ -133,11 +140,22 @@ def context_vector(blocks: np.ndarray | None, window: np.ndarray) -> np.ndarray:
 
 
 def cold_contexts(values: np.ndarray) -> np.ndarray:
-    """Cold contexts (B, 4F + 1) for windows (B, T, F): each window its own context, long and recent alike,
-    warmth 0."""
-    loc, spread, _ = _robust(values, axis=1)
-    scale = _floored(spread, loc)
+    """Cold contexts (B, 4F + 1) for windows (B, T, F): each window its own context (:func:`level_context`),
+    long-run and recent alike, warmth 0."""
+    loc, scale = level_context(values)
     return np.concatenate([loc, scale, loc, scale, np.zeros((len(loc), 1))], axis=1)
+
+
+def split_context(contexts: Array, n_features: int) -> tuple[Array, Array, Array, Array, Array]:
+    """Contexts (..., 4F + 1), numpy or torch -> their parts: location, scale, recent location, recent scale
+    (each (..., F)) and warmth (..., 1), views in the layout of the module docstring. ValueError for another
+    width."""
+    if contexts.shape[-1] != context_width(n_features):
+        raise ValueError(f"contexts of width {contexts.shape[-1]} for {n_features} features")
+    f = n_features
+    loc, scale = contexts[..., :f], contexts[..., f : 2 * f]
+    recent_loc, recent_scale = contexts[..., 2 * f : 3 * f], contexts[..., 3 * f : 4 * f]
+    return loc, scale, recent_loc, recent_scale, contexts[..., 4 * f :]
 
 
 def series_blocks(rows: np.ndarray) -> np.ndarray:

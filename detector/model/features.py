@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from detector.model.context import split_context
+
 CHANNELS_PER_FEATURE = 5
 SHARED_CHANNELS = 1
 NORMALISATION = "window-robust-diff-history-v3"
@@ -70,12 +72,14 @@ def robust_channels(x: torch.Tensor, context: torch.Tensor, kind: str = NORMALIS
     level = torch.asinh((x - med) / scale)
     change = torch.asinh(d / scale)
     quiet = torch.log(d.abs() / scale + 1e-2)
-    history = torch.asinh((x - context[:, None, :f]) / context[:, None, f : 2 * f])
+    loc, scale, recent_loc, recent_scale, warmth = split_context(context[:, None], f)
+    history = torch.asinh((x - loc) / scale)
     distance = history.abs()
-    if kind != LEGACY_NORMALISATION:
-        recent = torch.asinh((x - context[:, None, 2 * f : 3 * f]) / context[:, None, 3 * f : 4 * f])
-        distance = torch.minimum(distance, recent.abs())
-    warmth = context[:, None, 4 * f :].expand(-1, x.shape[1], -1)
+    if kind == NORMALISATION:
+        distance = torch.minimum(distance, torch.asinh((x - recent_loc) / recent_scale).abs())
+    elif kind != LEGACY_NORMALISATION:
+        raise ValueError(f"unknown normalisation {kind!r}")
+    warmth = warmth.expand(-1, x.shape[1], -1)
     # The order is the layout that distance_channels() names.
     return torch.cat([level, change, quiet, history, distance, warmth], dim=2).to(torch.float32)
 
@@ -89,12 +93,12 @@ class InputStats:
     kind: str = NORMALISATION
 
     @classmethod
-    def fit(cls, channels: torch.Tensor) -> InputStats:
-        """Statistics of channels (N, T, C) over windows and steps."""
+    def fit(cls, channels: torch.Tensor, kind: str) -> InputStats:
+        """Statistics of channels (N, T, C), made under normalisation ``kind``, over windows and steps."""
         flat = channels.reshape(-1, channels.shape[-1]).to(torch.float64)
         mean = flat.mean(dim=0)
         std = flat.std(dim=0).clamp_min(1e-3)
-        return cls(tuple(mean.tolist()), tuple(std.tolist()))
+        return cls(tuple(mean.tolist()), tuple(std.tolist()), kind)
 
     def apply(self, channels: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, dtype=channels.dtype, device=channels.device)

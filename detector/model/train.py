@@ -36,9 +36,10 @@ from detector.model.context import (
     history_after,
     recording_contexts,
     series_blocks,
+    split_context,
     warm_context,
 )
-from detector.model.features import InputStats, input_channels, prepare, robust_channels
+from detector.model.features import NORMALISATION, InputStats, input_channels, prepare, robust_channels
 from detector.model.inject import EVENT_KINDS, EventSpec, inject_batch, noise_scale
 from detector.model.metrics import binary_metrics
 from detector.model.network import DetectorNet
@@ -84,10 +85,9 @@ def _recold(contexts: np.ndarray, values: np.ndarray) -> np.ndarray:
 def _event_scales(values: np.ndarray, contexts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Per window (N, F): the window's noise scale, or for a random HISTORY_SIZED share the context's level
     scale, so that the model learns events both against the window and against the series' past."""
-    f = values.shape[2]
     scales = noise_scale(values)
     by_level = rng.random(len(values)) < HISTORY_SIZED
-    scales[by_level] = contexts[by_level, f : 2 * f]
+    scales[by_level] = split_context(contexts, values.shape[2])[1][by_level]  # the long-run scale
     return scales
 
 
@@ -145,18 +145,18 @@ class BatchSampler:
             values[j] = v[off : off + t]
             labels[j] = lab[off : off + t]
             contexts[j] = self._context(s, off + t)
-        # Per feature: long-run location, scale, recent location, scale (context.context_width); then warmth.
-        parts = [contexts[:, i * n_feat : (i + 1) * n_feat] for i in range(4)]
-        warmth = contexts[:, 4 * n_feat :]
+        loc, scale, recent_loc, recent_scale, warmth = split_context(contexts, n_feat)
         if self.cfg.permute_channels and n_feat > 1:
             perm = np.argsort(rng.random((size, n_feat)), axis=1)
             values = np.take_along_axis(values, perm[:, None, :], axis=2)
-            parts = [np.take_along_axis(p, perm, axis=1) for p in parts]
+            loc, scale, recent_loc, recent_scale = (
+                np.take_along_axis(part, perm, axis=1) for part in (loc, scale, recent_loc, recent_scale)
+            )
         if self.cfg.flip_sign:
             sign = np.where(rng.random((size, n_feat)) < 0.5, -1.0, 1.0)
             values = values * sign[:, None, :].astype(np.float32)
-            parts[0], parts[2] = parts[0] * sign, parts[2] * sign  # the locations
-        contexts = np.concatenate([*parts, warmth], axis=1)
+            loc, recent_loc = loc * sign, recent_loc * sign
+        contexts = np.concatenate([loc, scale, recent_loc, recent_scale, warmth], axis=1)
         kinds = ["none" if not lab.any() else "unknown" for lab in labels]
         if self.rate > 0:
             sized = _event_scales(values, _recold(contexts, values), rng)
@@ -318,8 +318,9 @@ def train(
     probe_x = robust_channels(
         torch.from_numpy(np.concatenate([b.values for b in probe])),
         torch.from_numpy(np.concatenate([b.contexts for b in probe])),
+        NORMALISATION,
     )
-    stats = InputStats.fit(probe_x)
+    stats = InputStats.fit(probe_x, NORMALISATION)
     probe_y = np.concatenate([b.labels for b in probe])
     win_pos = probe_y.max(axis=1).mean()
     if win_pos == 0:
