@@ -59,6 +59,8 @@ def robust_channels(x: torch.Tensor, context: torch.Tensor, kind: str = NORMALIS
     """Raw windows (B, T, F) and their contexts (B, 4F + 1) -> scale-free channels (B, T, 5F + 1), float32,
     finite for any finite input and any context with positive scales; ``kind`` is one of
     ``NORMALISATIONS``."""
+    if kind not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {kind!r}")
     x = x.to(torch.float64)  # float32 loses the noise of a series around 10^6
     context = context.to(torch.float64)
     f = x.shape[2]
@@ -72,13 +74,11 @@ def robust_channels(x: torch.Tensor, context: torch.Tensor, kind: str = NORMALIS
     level = torch.asinh((x - med) / scale)
     change = torch.asinh(d / scale)
     quiet = torch.log(d.abs() / scale + 1e-2)
-    loc, scale, recent_loc, recent_scale, warmth = split_context(context[:, None], f)
-    history = torch.asinh((x - loc) / scale)
+    long_loc, long_scale, recent_loc, recent_scale, warmth = split_context(context[:, None], f)
+    history = torch.asinh((x - long_loc) / long_scale)
     distance = history.abs()
-    if kind == NORMALISATION:
+    if kind != LEGACY_NORMALISATION:
         distance = torch.minimum(distance, torch.asinh((x - recent_loc) / recent_scale).abs())
-    elif kind != LEGACY_NORMALISATION:
-        raise ValueError(f"unknown normalisation {kind!r}")
     warmth = warmth.expand(-1, x.shape[1], -1)
     # The order is the layout that distance_channels() names.
     return torch.cat([level, change, quiet, history, distance, warmth], dim=2).to(torch.float32)
