@@ -8,7 +8,8 @@ and returns one JSON-safe dict whose keys are stable (README, "Inspect a checkpo
     model_version        the first 16 hex digits of the SHA-256 of its bytes (what output records carry)
     format, format_version
     normalisation        how the network's inputs are made (features.NORMALISATIONS: ...-v2 measures distance
-                         from the long-run context alone, ...-v3 from the nearer of the long-run and recent)
+                         from the long-run context alone, ...-v3 from the nearer of the long-run and recent,
+                         ...-v4 adds how far a step goes beyond the series' range)
     window_length        T, steps per window
     n_features, features F and the feature names, in input order
     architecture         the network config as stored (hidden_size, num_layers, pooling, event_types, ...)

@@ -153,7 +153,7 @@ class Scorer:
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Raw logits for windows (B, T, F): window (B,), step (B, T) or None, event (B, K) or None.
 
-        ``contexts`` (B, 4F + 1) place each window against its series' history
+        ``contexts`` (B, 7F + 1) place each window against its series' history
         (:mod:`detector.model.context`); None scores every window as a cold series (its own context).
 
         A batch larger than ``chunk`` is scored a chunk at a time; with ``pool`` (CPU only) the chunks are

@@ -226,7 +226,7 @@ class LimitSettings(_Section):
     """Input guards."""
 
     max_message_bytes: int = Field(default=1_048_576, ge=1)  # larger input goes to the DLQ as `oversize`
-    # Memory for the history of every series (2,912 bytes per feature per series); past it the least
+    # Memory for the history of every series (about 4,570 bytes per feature per series); past it the least
     # recently seen series are forgotten, and one that returns starts cold.
     history_mib: int = Field(default=256, ge=1)
 

@@ -14,7 +14,15 @@ from safetensors.torch import save as save_tensors
 
 from detector.errors import CheckpointError
 from detector.model import checkpoint
-from detector.model.context import BLOCK_ROWS, NO_TIME, History, HistoryState, contexts_in_order
+from detector.model.context import (
+    BLOCK_ROWS,
+    LEGACY_SUMMARY_ROWS,
+    NO_TIME,
+    SUMMARY_ROWS,
+    History,
+    HistoryState,
+    contexts_in_order,
+)
 from detector.scoring import Scorer
 from detector.serve.files import DLQ_TOPIC, OUTPUT_TOPIC, FileSink, FileSource
 from detector.serve.runner import Runner, RunnerConfig
@@ -72,16 +80,25 @@ def test_state_keeps_the_most_recent_series_within_its_bytes():
     assert history.state(max_bytes=3 * per_series).series == ("s7", "s8", "s9")
 
 
-def test_a_trained_model_carries_its_recording_and_serving_starts_warm(fit_tiny, small_data, tmp_path):
-    """The checkpoint holds every training series; saved and loaded it is the same; a replay of a
-    training series' later windows gets warm contexts from its first window."""
-    ckpt = fit_tiny()
+@pytest.mark.parametrize("narrow_max_features", [2, 1], ids=["narrow", "wide"])
+def test_a_trained_model_carries_its_recording_and_serving_starts_warm(
+    fit_tiny, small_data, tmp_path, narrow_max_features
+):
+    """The checkpoint holds every training series; saved and loaded it is the same, in the summaries its
+    normalisation keeps (a wide model's, kept without the range, loads with each block's range as its
+    median); a replay of a training series' later windows gets warm contexts from its first window."""
+    ckpt = fit_tiny(narrow_max_features=narrow_max_features)
     assert ckpt.history is not None
     assert set(ckpt.history.series) == set(small_data.series_ids)
     path = tmp_path / "m.ckpt"
     checkpoint.save(ckpt, path)
     loaded = checkpoint.load(path)
-    for name in ("blocks", "partial", "counts"):
+    kept = checkpoint.summary_rows(ckpt.stats.kind)
+    assert kept == (SUMMARY_ROWS if narrow_max_features == 2 else LEGACY_SUMMARY_ROWS)
+    np.testing.assert_array_equal(loaded.history.blocks[:, :, :kept], ckpt.history.blocks[:, :, :kept])
+    for row in range(kept, SUMMARY_ROWS):
+        np.testing.assert_array_equal(loaded.history.blocks[:, :, row], ckpt.history.blocks[:, :, 0])
+    for name in ("partial", "counts"):
         np.testing.assert_array_equal(getattr(loaded.history, name), getattr(ckpt.history, name))
     assert loaded.history.series == ckpt.history.series
 
@@ -146,6 +163,7 @@ HOSTILE = {
     "tensors-without-history": (lambda m: m.__setitem__("history", None), None),
     "nan-block": (None, lambda t: _set(t, "history.blocks", lambda a: a.view(-1).__setitem__(0, float("nan")))),
     "negative-scale": (None, lambda t: _set(t, "history.blocks", lambda a: a[0, 0, 1].fill_(-1.0))),
+    "highest-below-lowest": (None, lambda t: _set(t, "history.blocks", lambda a: a[0, 0, 3].copy_(a[0, 0, 4] - 1.0))),
     "too-many-blocks-held": (None, lambda t: _set(t, "history.counts", lambda a: a[0, 0].fill_(10**6))),
     "partial-rows-out-of-range": (None, lambda t: _set(t, "history.counts", lambda a: a[0, 1].fill_(BLOCK_ROWS))),
     "wrong-dtype": (None, lambda t: t.__setitem__("history.counts", t["history.counts"].float())),
@@ -155,7 +173,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_a_hostile_history_is_rejected_with_one_line(fit_tiny, tmp_path, kind):
-    good = checkpoint.to_bytes(fit_tiny())
+    good = checkpoint.to_bytes(fit_tiny(narrow_max_features=2))  # a narrow model keeps every summary
     meta_change, tensor_change = HOSTILE[kind]
     path = tmp_path / "bad.ckpt"
     path.write_bytes(_rewritten(good, meta_change, tensor_change))

@@ -10,6 +10,7 @@ import os
 import struct
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -22,8 +23,10 @@ from detector.cli import main
 from detector.errors import CheckpointError, CheckpointRejected
 from detector.model import checkpoint
 from detector.model.checkpoint import Checkpoint
+from detector.model.context import LEGACY_SUMMARY_ROWS, SUMMARY_ROWS
 from detector.model.features import (
     LEGACY_NORMALISATION,
+    LEVELS_NORMALISATION,
     NORMALISATION,
     distance_channels,
     input_channels,
@@ -49,6 +52,14 @@ def good(small_data) -> bytes:
     """A small trained checkpoint with window and step heads, as file bytes."""
     ckpt = train(small_data, tiny_config(seed=0)).checkpoint
     assert ckpt.step is not None
+    return checkpoint.to_bytes(ckpt)
+
+
+@pytest.fixture(scope="module")
+def narrow(small_data) -> bytes:
+    """A small trained checkpoint of a narrow model (today's normalisation, every history summary)."""
+    ckpt = train(small_data, tiny_config(seed=0, narrow_max_features=2)).checkpoint
+    assert ckpt.stats.kind == NORMALISATION
     return checkpoint.to_bytes(ckpt)
 
 
@@ -358,33 +369,75 @@ def test_an_architecture_with_distance_anchor_max_features_reads_it_as_narrow_ma
     assert (old.network.narrow_max_features, old.network.step_hold, old.network.anchor_floor) == (3, 1, False)
 
 
-def test_a_checkpoint_of_the_previous_normalisation_measures_distance_from_the_long_run_context_alone(good):
-    """Checkpoints from before the recent context (normalisation v2) load, keep their normalisation when
-    written again, and get each step's distance from the long-run context alone, as they were trained;
-    today's take the nearer of the long-run and the recent context."""
-    old_bytes = rewrite(good, _set("normalisation", "kind", LEGACY_NORMALISATION))
+def _written_as(data: bytes, kind: str) -> bytes:
+    """``data`` as a checkpoint of normalisation ``kind`` is written (its history as that kind keeps it)."""
+    ckpt = checkpoint.from_bytes(data)
+    return checkpoint.to_bytes(replace(ckpt, stats=replace(ckpt.stats, kind=kind)))
+
+
+@pytest.mark.parametrize("kind", [LEGACY_NORMALISATION, LEVELS_NORMALISATION])
+def test_a_checkpoint_of_an_earlier_normalisation_loads_and_measures_distance_as_it_was_trained(narrow, kind):
+    """Checkpoints from before the range (v3, as wide models are still trained) or the recent context (v2)
+    hold 3 summaries per history block; they load, keep their normalisation and history layout when written
+    again, and get each step's distance as they were trained: v2 from the long-run context alone, v3 from
+    the nearer level with no range. Today's narrow models add how far a step goes beyond the series'
+    range."""
+    good = narrow
+    old_bytes = _written_as(good, kind)
+    _, tensors = _parts(old_bytes)
+    assert tensors["history.blocks"].shape[2] == LEGACY_SUMMARY_ROWS
     old, new = checkpoint.from_bytes(old_bytes), checkpoint.from_bytes(good)
-    assert (old.stats.kind, new.stats.kind) == (LEGACY_NORMALISATION, NORMALISATION)
-    assert checkpoint.from_bytes(checkpoint.to_bytes(old)).stats.kind == LEGACY_NORMALISATION
+    assert (old.stats.kind, new.stats.kind) == (kind, NORMALISATION)
+    again = checkpoint.to_bytes(old)
+    assert checkpoint.from_bytes(again).stats.kind == kind
+    assert _parts(again)[1]["history.blocks"].shape[2] == LEGACY_SUMMARY_ROWS
+    blocks = old.history.blocks  # in memory: the range of an old block is its median, all that is known
+    assert blocks.shape[2] == SUMMARY_ROWS
+    torch.testing.assert_close(torch.from_numpy(blocks[:, :, :3]), torch.from_numpy(new.history.blocks[:, :, :3]))
+    assert (blocks[:, :, 3] == blocks[:, :, 0]).all()
+    assert (blocks[:, :, 4] == blocks[:, :, 0]).all()
     f = old.n_features
     x = torch.zeros(1, 16, f, dtype=torch.float64)
-    x[0, -1] = 10.0  # far from the long-run level (0), at the recent one (10)
-    context = torch.tensor([[0.0] * f + [1.0] * f + [10.0] * f + [1.0] * f + [1.0]], dtype=torch.float64)
+    x[0, -1] = 10.0  # far from the long-run level (0), at the recent one (10), 8 beyond the range [-2, 2]
+    parts = {"loc": 0.0, "scale": 1.0, "recent_loc": 10.0, "recent_scale": 1.0, "highest": 2.0, "lowest": -2.0}
+    context = torch.tensor([[v for v in parts.values() for _ in range(f)] + [4.0] * f + [1.0]], dtype=torch.float64)
     distance = distance_channels(input_channels(f))
-    legacy = robust_channels(x, context, LEGACY_NORMALISATION)[0, -1, distance]
-    today = robust_channels(x, context, NORMALISATION)[0, -1, distance]
-    torch.testing.assert_close(legacy, torch.full((f,), math.asinh(10.0), dtype=torch.float32))
-    torch.testing.assert_close(today, torch.zeros(f))
+    expected = {
+        LEGACY_NORMALISATION: math.asinh(10.0),
+        LEVELS_NORMALISATION: 0.0,
+        NORMALISATION: math.asinh(8.0 / 4.0),
+    }
+    for name, want in expected.items():
+        got = robust_channels(x, context, name)[0, -1, distance]
+        torch.testing.assert_close(got, torch.full((f,), want, dtype=torch.float32))
     old_inputs = prepare(x, context, old.stats)  # made the way the checkpoint's statistics were measured
-    torch.testing.assert_close(old_inputs, old.stats.apply(robust_channels(x, context, LEGACY_NORMALISATION)))
+    torch.testing.assert_close(old_inputs, old.stats.apply(robust_channels(x, context, kind)))
     assert not torch.equal(old_inputs, old.stats.apply(robust_channels(x, context, NORMALISATION)))
+
+
+def test_narrow_models_are_trained_to_measure_the_range_and_wide_ones_are_not(good, narrow):
+    """The normalisation follows the model's width: a narrow model's distance counts how far a step goes
+    beyond its series' range (v4, every history summary kept), a wide one's does not (v3, three kept)."""
+    for data, kind, rows in ((narrow, NORMALISATION, SUMMARY_ROWS), (good, LEVELS_NORMALISATION, LEGACY_SUMMARY_ROWS)):
+        assert checkpoint.from_bytes(data).stats.kind == kind
+        assert _parts(data)[1]["history.blocks"].shape[2] == rows
+
+
+def test_a_history_laid_out_for_another_normalisation_is_refused(narrow):
+    """A file whose history blocks hold another number of summaries than its normalisation keeps is corrupt
+    (one line), whichever way round."""
+    wide = _written_as(narrow, LEVELS_NORMALISATION)
+    for data, kind in ((narrow, LEVELS_NORMALISATION), (wide, NORMALISATION)):
+        relabelled = rewrite(data, _set("normalisation", "kind", kind))
+        with pytest.raises(CheckpointError, match=r"history tensor history\.blocks is not F64 of shape"):
+            checkpoint.from_bytes(relabelled)
 
 
 def test_inputs_are_made_only_under_a_known_normalisation_and_context_width():
     """Code that makes inputs itself gets a ValueError for a normalisation or a context width it does not
     know, never inputs made some other way."""
     x = torch.zeros(2, 16, 3, dtype=torch.float64)
-    context = torch.ones(2, 13, dtype=torch.float64)  # 4 x 3 + 1
+    context = torch.ones(2, 22, dtype=torch.float64)  # 7 x 3 + 1
     assert robust_channels(x, context, NORMALISATION).shape == (2, 16, input_channels(3))
     with pytest.raises(ValueError, match="normalisation"):
         robust_channels(x, context, "window-robust-diff-history-v9")

@@ -12,6 +12,7 @@ from detector.model.context import (
     BLOCK_ROWS,
     HISTORY_BLOCKS,
     RECENT_BLOCKS,
+    SUMMARY_ROWS,
     History,
     block_summary,
     cold_contexts,
@@ -21,9 +22,16 @@ from detector.model.context import (
     level_context,
     pooled_context,
     series_blocks,
+    split_context,
     warm_context,
 )
-from detector.model.features import NORMALISATION, distance_channels, input_channels, robust_channels
+from detector.model.features import (
+    LEVELS_NORMALISATION,
+    NORMALISATION,
+    distance_channels,
+    input_channels,
+    robust_channels,
+)
 
 T = 16
 STEP = 1000
@@ -64,9 +72,13 @@ def test_pooled_context_takes_the_larger_of_the_spread_between_blocks_and_within
 def test_series_blocks_summarise_each_complete_block():
     rows = series(3 * BLOCK_ROWS + 5, seed=2, features=2)
     blocks = series_blocks(rows)
-    assert blocks.shape == (3, 3, 2)
+    assert blocks.shape == (3, SUMMARY_ROWS, 2)
     for k in range(3):
-        np.testing.assert_allclose(blocks[k], block_summary(rows[k * BLOCK_ROWS : (k + 1) * BLOCK_ROWS]))
+        block = rows[k * BLOCK_ROWS : (k + 1) * BLOCK_ROWS]
+        np.testing.assert_allclose(blocks[k], block_summary(block))
+        np.testing.assert_array_equal(blocks[k, 0], np.median(block.astype(np.float64), axis=0))
+        np.testing.assert_array_equal(blocks[k, 3], block.max(axis=0))
+        np.testing.assert_array_equal(blocks[k, 4], block.min(axis=0))
 
 
 @pytest.mark.parametrize("timed", [True, False])
@@ -113,21 +125,34 @@ def test_only_the_last_history_blocks_count():
     assert got[-1] == 1.0
 
 
-def test_the_recent_context_is_the_newest_blocks_pooled_on_their_own():
-    """Long-run location and scale over the last HISTORY_BLOCKS blocks, then the same over the newest
-    RECENT_BLOCKS alone, then warmth; a cold context repeats its own location and scale as the recent ones."""
-    rows = [series(30 * BLOCK_ROWS, seed=3, features=2), 50 + series(5 * BLOCK_ROWS, features=2)]
-    blocks = series_blocks(np.concatenate(rows))
+def test_the_context_is_long_run_and_recent_levels_the_range_and_the_recent_noise():
+    """Long-run location and scale over the last HISTORY_BLOCKS blocks, the same over the newest RECENT_BLOCKS
+    alone, the highest and lowest rows of the long run, the median noise within the recent blocks, then
+    warmth; a cold context repeats its own location and scale as the recent ones, its own rows' extremes as
+    the range and its level scale as the noise."""
+    rng = np.random.default_rng(3)
+    rows = np.concatenate([rng.normal(10, 2.0, (30 * BLOCK_ROWS, 2)), rng.normal(60, 0.5, (5 * BLOCK_ROWS, 2))])
+    rows[100] = [-40.0, 500.0]
+    blocks = series_blocks(rows)
     loc, scale = pooled_context(blocks)
     recent_loc, recent_scale = pooled_context(blocks[-RECENT_BLOCKS:])
-    got = warm_context(blocks)
-    assert got.shape == (context_width(2),)
-    np.testing.assert_array_equal(got, np.concatenate([loc, scale, recent_loc, recent_scale, [35 / HISTORY_BLOCKS]]))
+    got = split_context(warm_context(blocks), 2)
+    assert warm_context(blocks).shape == (context_width(2),)
+    for name, want in [("loc", loc), ("scale", scale), ("recent_loc", recent_loc), ("recent_scale", recent_scale)]:
+        np.testing.assert_array_equal(getattr(got, name), want)
+    np.testing.assert_array_equal(got.highest, [rows[:, 0].max(), 500.0])
+    np.testing.assert_array_equal(got.lowest, [-40.0, rows[:, 1].min()])
     assert (recent_loc > loc + 40).all()  # most of the newest blocks are at the new level
+    assert got.noise == pytest.approx([0.5, 0.5], rel=0.25)  # within the recent blocks, not between them
+    assert got.warmth[0] == 35 / HISTORY_BLOCKS
     window = series(T, seed=4, features=2)
-    cold = cold_contexts(window[None])[0]
-    np.testing.assert_array_equal(cold[4:8], cold[:4])
-    assert cold[-1] == 0.0
+    cold = split_context(cold_contexts(window[None])[0], 2)
+    np.testing.assert_array_equal(cold.recent_loc, cold.loc)
+    np.testing.assert_array_equal(cold.recent_scale, cold.scale)
+    np.testing.assert_array_equal(cold.noise, cold.scale)
+    np.testing.assert_array_equal(cold.highest, window.max(axis=0))
+    np.testing.assert_array_equal(cold.lowest, window.min(axis=0))
+    assert cold.warmth[0] == 0.0
 
 
 def test_a_level_a_series_moves_to_and_holds_becomes_its_new_normal():
@@ -156,6 +181,34 @@ def test_a_level_a_series_moves_to_and_holds_becomes_its_new_normal():
     assert first_history > 2.0
     assert late_history > 2.0
     assert late_distance < 1.0
+
+
+def test_a_series_climbing_to_heights_it_never_reached_stays_unusual_until_it_holds_them():
+    """A series that climbs steadily for longer than the recent context: the recent level follows it, so its
+    distance from the nearer level alone (the v3 normalisation) falls back near 1; the range keeps the climb
+    unusual (each new height is beyond anything seen), and once the series holds its new height for
+    RECENT_BLOCKS blocks, both say it is normal."""
+    rng = np.random.default_rng(5)
+    flat, climbing, holding = 40 * BLOCK_ROWS, (RECENT_BLOCKS + 2) * BLOCK_ROWS, (RECENT_BLOCKS + 1) * BLOCK_ROWS
+    climb = 10.0 + np.arange(climbing) * (10.0 / BLOCK_ROWS)  # 10 noise units a block
+    rows = np.concatenate([np.full(flat, 10.0), climb, np.full(holding, climb[-1])])
+    rows = (rows + rng.normal(0.0, 1.0, len(rows)))[:, None].astype(np.float32)
+    ends = np.arange(T, len(rows) + 1)  # sliding windows, one per row
+    windows = np.stack([rows[end - T : end] for end in ends])
+    history = History(1 << 30)
+    contexts = np.stack([history.observe("s", w, (end - T) * STEP, STEP) for w, end in zip(windows, ends, strict=True)])
+    d = distance_channels(input_channels(1))
+
+    def distance(kind: str, rows_ending: np.ndarray) -> float:
+        got = robust_channels(torch.from_numpy(windows[rows_ending]), torch.from_numpy(contexts[rows_ending]), kind)
+        return float(np.median(got[:, -1, d][:, 0].numpy()))
+
+    late_climb = (ends > flat + climbing - 2 * BLOCK_ROWS) & (ends <= flat + climbing)
+    held = ends > len(rows) - BLOCK_ROWS
+    assert distance(LEVELS_NORMALISATION, late_climb) < 1.5
+    assert distance(NORMALISATION, late_climb) > 1.8
+    assert distance(NORMALISATION, held) < 1.0
+    assert distance(NORMALISATION, held) == distance(LEVELS_NORMALISATION, held)
 
 
 def test_memory_is_bounded_and_the_least_recently_seen_series_goes_first():
@@ -221,9 +274,12 @@ def test_any_sequence_of_windows_gives_finite_contexts_with_positive_scales(wind
         c = history.observe(sid, np.array(vals, dtype=np.float32).reshape(4, 1), start, step)
         assert c.shape == (context_width(1),)
         assert np.isfinite(c).all()
-        assert c[1] > 0
-        assert c[3] > 0
-        assert 0 <= c[4] <= 1
+        parts = split_context(c, 1)
+        assert parts.scale[0] > 0
+        assert parts.recent_scale[0] > 0
+        assert parts.noise[0] > 0
+        assert parts.highest[0] >= parts.lowest[0]
+        assert 0 <= parts.warmth[0] <= 1
     assert history.nbytes <= max(20_000, max(s.nbytes for s in history._series.values()))
     state = history.state()  # whatever the times were, the state is valid and seeds a history
     state.check()

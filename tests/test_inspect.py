@@ -17,7 +17,7 @@ from safetensors.torch import save as save_tensors
 from detector.cli import main
 from detector.demo.model import bundled_path
 from detector.model import checkpoint
-from detector.model.features import LEGACY_NORMALISATION, NORMALISATION
+from detector.model.features import LEGACY_NORMALISATION, LEVELS_NORMALISATION
 from detector.model.train import train
 from tests.conftest import tiny_config
 
@@ -111,7 +111,7 @@ def test_an_uncalibrated_checkpoint_says_so(raw_model, capsys):
     code, out, _ = inspect(capsys, raw_model, "--json")
     info = json.loads(out)
     assert info["calibrated"] is False
-    assert info["normalisation"] == NORMALISATION
+    assert info["normalisation"] == LEVELS_NORMALISATION  # a wide model's distance has no range term
     assert info["heads"]["window"]["calibration"] == "none"
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import save as save_tensors
 from detector.errors import CheckpointError
 from detector.model import calibration, checkpoint
 from detector.model.checkpoint import Head
+from detector.model.context import ContextParts, join_context
 from detector.model.network import BinaryActivation
 from detector.model.thresholds import choose_threshold, parse_rule
 from detector.scoring import Scorer, cpu_has_bf16, effective_precision, resolve_device
@@ -396,8 +397,9 @@ def test_a_step_farther_from_its_series_history_scores_higher(fit_tiny, small_da
     last = window[0, -1]
     logits = []
     for distance in (0.0, 3.0, 10.0, 30.0):
-        far = [last - distance, np.ones(f)]  # long-run and recent contexts alike
-        context = np.concatenate([*far, *far, [1.0]]).astype(np.float64)[None]
+        level, one = (last - distance)[None].astype(np.float64), np.ones((1, f))
+        # long-run and recent contexts alike, a range that is that one level, unit noise
+        context = join_context(ContextParts(level, one, level, one, level, level, one, np.ones((1, 1))))
         logits.append(float(scorer.logits(window, context)[1][0, -1]))  # type: ignore[index]
     assert logits == sorted(logits), logits
     assert logits[-1] > logits[0] + 10, logits

@@ -42,14 +42,23 @@ from safetensors.torch import save as save_tensors
 from detector.errors import CheckpointError
 from detector.model import calibration
 from detector.model.config import NetworkConfig
-from detector.model.context import BLOCK_ROWS, HISTORY_BLOCKS, HistoryState, state_bytes
-from detector.model.features import NORMALISATIONS, InputStats, input_channels
+from detector.model.context import (
+    BLOCK_ROWS,
+    HISTORY_BLOCKS,
+    LEGACY_SUMMARY_ROWS,
+    SUMMARY_ROWS,
+    HistoryState,
+    state_bytes,
+    upgraded_blocks,
+)
+from detector.model.features import NORMALISATION, NORMALISATIONS, InputStats, input_channels
 from detector.model.network import DetectorNet, hold
 from detector.model.thresholds import FLAG_NOTHING
 
 FORMAT = "detector-checkpoint"
-# 2: inputs carry the series' history (normalisation window-robust-diff-history-v2, or v3 since the recent
-# context, which changes the inputs and not the layout of the file)
+# 2: inputs carry the series' history (normalisation window-robust-diff-history-v2; v3 since the recent
+# context, which changes the inputs and not the layout of the file; v4 since the range, whose history blocks
+# hold 5 summaries instead of 3: the normalisation names which, and an older reader refuses a v4 file by it)
 FORMAT_VERSION = 2
 UNCALIBRATED: dict[str, Any] = {"method": "none"}
 
@@ -136,8 +145,14 @@ def to_bytes(ckpt: Checkpoint) -> bytes:
     meta = json.dumps(_metadata(ckpt), sort_keys=True, separators=(",", ":"))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in ckpt.state.items()}
     if ckpt.history is not None:
-        for name in ("blocks", "partial", "counts"):
-            tensors[HISTORY + name] = torch.from_numpy(getattr(ckpt.history, name)).contiguous()
+        history = ckpt.history
+        arrays = {
+            "blocks": history.blocks[:, :, : summary_rows(ckpt.stats.kind)],  # as its normalisation keeps them
+            "partial": history.partial,
+            "counts": history.counts,
+        }
+        for name, array in arrays.items():
+            tensors[HISTORY + name] = torch.from_numpy(np.ascontiguousarray(array))
     return save_tensors(tensors, metadata={"detector": meta})
 
 
@@ -193,10 +208,15 @@ def _numbers(values: Any, what: str, count: int, positive: bool = False) -> tupl
     return tuple(float(v) for v in values)
 
 
-def _history_header(raw: Any, header: dict[str, Any], n_features: int) -> tuple[str, ...] | None:
+def summary_rows(normalisation: str) -> int:
+    """How many summaries per block the history of a checkpoint of ``normalisation`` holds."""
+    return SUMMARY_ROWS if normalisation == NORMALISATION else LEGACY_SUMMARY_ROWS
+
+
+def _history_header(raw: Any, header: dict[str, Any], n_features: int, summaries: int) -> tuple[str, ...] | None:
     """The series of the history the header declares (None: none), once its tensors' names, types and
-    shapes are those of a HistoryState of that many series within MAX_HISTORY_BYTES (from the header
-    alone, before anything is read)."""
+    shapes are those of a HistoryState of that many series (``summaries`` per block) within
+    MAX_HISTORY_BYTES as held in memory (from the header alone, before anything is read)."""
     names = {name for name in header if name.startswith(HISTORY)}
     if raw is None:
         if names:
@@ -207,7 +227,7 @@ def _history_header(raw: Any, header: dict[str, Any], n_features: int) -> tuple[
         raise ValueError("history series is not a list of strings")
     s = len(series)
     expected = {
-        HISTORY + "blocks": ("F64", [s, HISTORY_BLOCKS, 3, n_features]),
+        HISTORY + "blocks": ("F64", [s, HISTORY_BLOCKS, summaries, n_features]),
         HISTORY + "partial": ("F64", [s, BLOCK_ROWS, n_features]),
         HISTORY + "counts": ("I64", [s, 3]),
     }
@@ -319,12 +339,12 @@ def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
         heads = meta["heads"]
         window, step = _head(heads["window"], "window"), _head(heads["step"], "step")
         _check_weights(header, _weight_shapes(network, channels))
-        history_series = _history_header(meta.get("history"), header, n_features)
+        history_series = _history_header(meta.get("history"), header, n_features, summary_rows(stats.kind))
         tensors = load_tensors(data)
         history = None
         if history_series is not None:
             blocks, partial, counts = (tensors.pop(HISTORY + name).numpy() for name in ("blocks", "partial", "counts"))
-            history = HistoryState(history_series, blocks, partial, counts)
+            history = HistoryState(history_series, upgraded_blocks(blocks), partial, counts)
             history.check()
         ckpt = Checkpoint(
             network=network,

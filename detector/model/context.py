@@ -4,19 +4,24 @@ A window alone cannot tell a series that is always spiky from one that has just 
 own median and noise (:mod:`detector.model.features`), every spike looks alike. So each window is also
 given a *context*: per feature, a location and a robust scale of its series' levels over the last
 ``HISTORY_BLOCKS`` blocks of ``BLOCK_ROWS`` rows seen before it, the same over its last ``RECENT_BLOCKS``
-blocks alone (the recent context), plus how much history that is. The network reads
-``asinh((x - location) / scale)`` beside its window channels, and how far a step is from the nearer of
-the two contexts (:mod:`detector.model.features`): a step is far from its series' history only when it is
-far from both its long-run and its recent levels, so a level a series has moved to and held for a few
-hundred rows becomes its new normal, while the first rows of the move stand out.
+blocks alone (the recent context), the highest and lowest rows of those ``HISTORY_BLOCKS`` blocks (the
+series' range), its recent noise, plus how much history that is. The network reads
+``asinh((x - location) / scale)`` beside its window channels, and how far a step is from its series'
+normal (:mod:`detector.model.features`): from the nearer of the two levels (a step is far from its
+series' history only when it is far from both its long-run and its recent levels, so a level a series has
+moved to and held for a few hundred rows becomes its new normal, while the first rows of the move stand
+out), plus, for narrow models, how far it goes beyond anything the series did in its long-run history, in
+units of its recent noise (a series climbing to heights it has never reached stays unusual while it
+climbs).
 
 A series' history is kept as block summaries, not rows: each completed block of ``BLOCK_ROWS`` rows leaves
-its median, its robust scale and its mean absolute deviation per feature (:func:`block_summary`), so that a
-series costs a few KiB whatever its history, and a context is cheap to measure. From the blocks held
-(:func:`pooled_context`): the location is the median of the block medians; the scale is the larger of the
-spread of the block medians (the series moving between blocks) and the median scale within a block (its
-noise), both as 1.4826 x MAD, or 1.2533 x the mean absolute deviation where the MAD is 0 (a series that
-mostly holds one value).
+its median, its robust scale, its mean absolute deviation, its highest and its lowest row per feature
+(:func:`block_summary`, ``SUMMARY_ROWS`` rows), so that a series costs a few KiB whatever its history, and
+a context is cheap to measure. From the blocks held (:func:`pooled_context`): the location is the median of
+the block medians; the scale is the larger of the spread of the block medians (the series moving between
+blocks) and the median scale within a block (its noise), both as 1.4826 x MAD, or 1.2533 x the mean
+absolute deviation where the MAD is 0 (a series that mostly holds one value). The recent noise is that
+median scale within a block over the recent blocks alone.
 
 One definition serves training and scoring alike:
 
@@ -26,10 +31,11 @@ One definition serves training and scoring alike:
   contexts the same way (:func:`warm_context` over the blocks completed 1 to ``T + BLOCK_ROWS`` rows
   before a window's end).
 - A series with no completed block is *cold*: the window is its own context (its own median and level
-  scale, :func:`cold_contexts`, as both the long-run and the recent context) and the warmth entry is 0. A
-  cold series therefore scores from its first window on the window's evidence alone, against its own
-  history once ``BLOCK_ROWS`` rows have been seen, and against up to ``HISTORY_BLOCKS`` x ``BLOCK_ROWS``
-  rows (its recent context: up to ``RECENT_BLOCKS`` x ``BLOCK_ROWS``) as they accumulate.
+  scale as both the long-run and the recent context, its own highest and lowest rows as the range, its
+  level scale as the noise: :func:`cold_contexts`) and the warmth entry is 0. A cold series therefore
+  scores from its first window on the window's evidence alone, against its own history once
+  ``BLOCK_ROWS`` rows have been seen, and against up to ``HISTORY_BLOCKS`` x ``BLOCK_ROWS`` rows (its
+  recent context: up to ``RECENT_BLOCKS`` x ``BLOCK_ROWS``) as they accumulate.
 
 Which rows of a window are new: with ``start`` and ``step_ms`` the rows are placed by time (rows at or
 before the last time held are not added again, so overlapping windows add each row once, and a window that
@@ -41,16 +47,17 @@ A :class:`HistoryState` is what a :class:`History` holds for some series, in arr
 the state its training recording left, and serving starts from it, so that a series the model was trained
 on is warm from its first window, as if the training recording had been replayed just before.
 
-A context vector is float64 of length ``4F + 1`` (:func:`context_width`): ``F`` locations, ``F`` scales
-(over ``HISTORY_BLOCKS`` blocks), ``F`` recent locations, ``F`` recent scales (over ``RECENT_BLOCKS``),
-then warmth (blocks held / ``HISTORY_BLOCKS``, in [0, 1]). A cold context's recent half repeats its first.
+A context vector is float64 of length ``7F + 1`` (:func:`context_width`, parts named by
+:class:`ContextParts`): ``F`` locations, ``F`` scales (over ``HISTORY_BLOCKS`` blocks), ``F`` recent
+locations, ``F`` recent scales (over ``RECENT_BLOCKS``), ``F`` highest and ``F`` lowest rows (over
+``HISTORY_BLOCKS``), ``F`` recent noise scales, then warmth (blocks held / ``HISTORY_BLOCKS``, in [0, 1]).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -66,6 +73,8 @@ HISTORY_BLOCKS = 100  # blocks the context is measured over (6,400 rows)
 RECENT_BLOCKS = 8  # the newest blocks, measured again on their own: the series' recent context (512 rows)
 MAD_TO_SIGMA = 1.4826  # the standard deviation of a normal sample over its MAD
 MEAN_ABS_TO_SIGMA = 1.2533  # ... over its mean absolute deviation
+SUMMARY_ROWS = 5  # a block summary per feature: median, robust scale, mean absolute deviation, highest, lowest
+LEGACY_SUMMARY_ROWS = 3  # before the range: median, robust scale, mean absolute deviation
 
 
 def _median(x: np.ndarray, axis: int) -> np.ndarray:
@@ -104,35 +113,76 @@ def level_context(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return loc, _floored(spread, loc)
 
 
+def _summaries(rows: np.ndarray, axis: int) -> np.ndarray:
+    """Block summaries of ``rows`` along ``axis``, stacked on the axis after it (SUMMARY_ROWS of them)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return np.stack([*_robust(rows, axis=axis), rows.max(axis=axis), rows.min(axis=axis)], axis=axis)
+
+
 def block_summary(rows: np.ndarray) -> np.ndarray:
-    """One block's rows (BLOCK_ROWS, F) -> (3, F) float64: median, robust scale and mean absolute deviation."""
-    return np.stack(_robust(rows, axis=0))
+    """One block's rows (BLOCK_ROWS, F) -> (SUMMARY_ROWS, F) float64: median, robust scale, mean absolute
+    deviation, highest and lowest row."""
+    return _summaries(rows, axis=0)
+
+
+def upgraded_blocks(blocks: np.ndarray) -> np.ndarray:
+    """Block summaries (..., LEGACY_SUMMARY_ROWS, F) of a history kept before the range -> (..., SUMMARY_ROWS,
+    F): each block's highest and lowest row taken as its median (what is known of it); others unchanged."""
+    if blocks.shape[-2] != LEGACY_SUMMARY_ROWS:
+        return blocks
+    median = blocks[..., :1, :]
+    return np.concatenate([blocks, median, median], axis=-2)
+
+
+def _within(blocks: np.ndarray) -> np.ndarray:
+    """The median scale within a block of summaries (k, SUMMARY_ROWS, F), or 1.2533 x their mean absolute
+    deviation where that median is 0 (unfloored)."""
+    within = _median(blocks[:, 1], axis=0)
+    return np.where(within > 0, within, MEAN_ABS_TO_SIGMA * blocks[:, 2].mean(axis=0))
 
 
 def pooled_context(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Block summaries (k, 3, F), k >= 1 -> (location (F,), scale (F,)) (see the module docstring)."""
+    """Block summaries (k, SUMMARY_ROWS, F), k >= 1 -> (location (F,), scale (F,)) (see the module
+    docstring)."""
     loc, between, _ = _robust(blocks[:, 0], axis=0)
-    within = _median(blocks[:, 1], axis=0)
-    within = np.where(within > 0, within, MEAN_ABS_TO_SIGMA * blocks[:, 2].mean(axis=0))
-    return loc, _floored(np.maximum(between, within), loc)
+    return loc, _floored(np.maximum(between, _within(blocks)), loc)
+
+
+class ContextParts(NamedTuple, Generic[Array]):
+    """The parts of contexts (..., 7F + 1), each (..., F) but warmth (..., 1): see the module docstring."""
+
+    loc: Array
+    scale: Array
+    recent_loc: Array
+    recent_scale: Array
+    highest: Array
+    lowest: Array
+    noise: Array
+    warmth: Array
 
 
 def context_width(n_features: int) -> int:
     """The length of a context vector for windows of ``n_features`` features (see the module docstring)."""
-    return 4 * n_features + 1
+    return (len(ContextParts._fields) - 1) * n_features + 1
 
 
 def warm_context(blocks: np.ndarray) -> np.ndarray:
-    """The context (4F + 1,) given by the summaries (k, 3, F), k >= 1, of a series' completed blocks, oldest
-    first: pooled over the last ``HISTORY_BLOCKS`` of them, then over the last ``RECENT_BLOCKS``."""
+    """The context (7F + 1,) given by the summaries (k, SUMMARY_ROWS, F), k >= 1, of a series' completed
+    blocks, oldest first: pooled over the last ``HISTORY_BLOCKS`` of them, then over the last
+    ``RECENT_BLOCKS``; their range over the last ``HISTORY_BLOCKS``, their noise over the last
+    ``RECENT_BLOCKS``."""
     blocks = blocks[-HISTORY_BLOCKS:]
+    recent = blocks[-RECENT_BLOCKS:]
     loc, scale = pooled_context(blocks)
-    recent_loc, recent_scale = pooled_context(blocks[-RECENT_BLOCKS:])
-    return np.concatenate([loc, scale, recent_loc, recent_scale, [len(blocks) / HISTORY_BLOCKS]])
+    recent_loc, recent_scale = pooled_context(recent)
+    noise = _floored(_within(recent), recent_loc)
+    highest, lowest = blocks[:, 3].max(axis=0), blocks[:, 4].min(axis=0)
+    warmth = [len(blocks) / HISTORY_BLOCKS]
+    return np.concatenate([loc, scale, recent_loc, recent_scale, highest, lowest, noise, warmth])
 
 
 def context_vector(blocks: np.ndarray | None, window: np.ndarray) -> np.ndarray:
-    """The context (4F + 1,) of ``window`` (T, F) given the summaries of its series' completed blocks
+    """The context (7F + 1,) of ``window`` (T, F) given the summaries of its series' completed blocks
     before it (see :func:`warm_context`); none (or None) gives the cold context, measured on the window."""
     if blocks is None or len(blocks) == 0:
         return cold_contexts(window[None])[0]
@@ -140,30 +190,37 @@ def context_vector(blocks: np.ndarray | None, window: np.ndarray) -> np.ndarray:
 
 
 def cold_contexts(values: np.ndarray) -> np.ndarray:
-    """Cold contexts (B, 4F + 1) for windows (B, T, F): each window its own context (:func:`level_context`),
-    long-run and recent alike, warmth 0."""
+    """Cold contexts (B, 7F + 1) for windows (B, T, F): each window its own context (:func:`level_context`),
+    long-run and recent alike, its own highest and lowest rows as the range, its level scale as the noise,
+    warmth 0."""
     loc, scale = level_context(values)
-    return np.concatenate([loc, scale, loc, scale, np.zeros((len(loc), 1))], axis=1)
+    values = np.asarray(values, dtype=np.float64)
+    highest, lowest = values.max(axis=1), values.min(axis=1)
+    return np.concatenate([loc, scale, loc, scale, highest, lowest, scale, np.zeros((len(loc), 1))], axis=1)
 
 
-def split_context(contexts: Array, n_features: int) -> tuple[Array, Array, Array, Array, Array]:
-    """Contexts (..., 4F + 1), numpy or torch -> their parts: location, scale, recent location, recent scale
-    (each (..., F)) and warmth (..., 1), views in the layout of the module docstring. ValueError for another
-    width."""
+def split_context(contexts: Array, n_features: int) -> ContextParts[Array]:
+    """Contexts (..., 7F + 1), numpy or torch -> their parts (views, in the layout of the module docstring).
+    ValueError for another width."""
     if contexts.shape[-1] != context_width(n_features):
         raise ValueError(f"contexts of width {contexts.shape[-1]} for {n_features} features")
     f = n_features
-    loc, scale = contexts[..., :f], contexts[..., f : 2 * f]
-    recent_loc, recent_scale = contexts[..., 2 * f : 3 * f], contexts[..., 3 * f : 4 * f]
-    return loc, scale, recent_loc, recent_scale, contexts[..., 4 * f :]
+    parts: list[Array] = [contexts[..., i * f : (i + 1) * f] for i in range(len(ContextParts._fields) - 1)]
+    return ContextParts._make([*parts, contexts[..., -1:]])
+
+
+def join_context(parts: ContextParts[np.ndarray]) -> np.ndarray:
+    """Parts (each (B, F), warmth (B, 1)) -> contexts (B, 7F + 1): the inverse of :func:`split_context`."""
+    return np.concatenate(list(parts), axis=1)
 
 
 def series_blocks(rows: np.ndarray) -> np.ndarray:
-    """Summaries (n // BLOCK_ROWS, 3, F) of the complete blocks of a series' rows (n, F), in order."""
+    """Summaries (n // BLOCK_ROWS, SUMMARY_ROWS, F) of the complete blocks of a series' rows (n, F), in
+    order."""
     n = len(rows) // BLOCK_ROWS
     if n == 0:
-        return np.zeros((0, 3, rows.shape[1]))
-    return np.stack(_robust(rows[: n * BLOCK_ROWS].reshape(n, BLOCK_ROWS, -1), axis=1), axis=1)
+        return np.zeros((0, SUMMARY_ROWS, rows.shape[1]))
+    return _summaries(rows[: n * BLOCK_ROWS].reshape(n, BLOCK_ROWS, -1), axis=1)
 
 
 class _Series:
@@ -174,7 +231,7 @@ class _Series:
 
     def __init__(self, n_features: int) -> None:
         # A ring of block summaries, the oldest at (write - held) % HISTORY_BLOCKS.
-        self.blocks = np.empty((HISTORY_BLOCKS, 3, n_features))
+        self.blocks = np.empty((HISTORY_BLOCKS, SUMMARY_ROWS, n_features))
         self.held = 0  # blocks in the ring
         self.write = 0  # where the next block goes
         self.partial = np.empty((BLOCK_ROWS, n_features), dtype=np.float64)
@@ -190,7 +247,8 @@ class _Series:
     @property
     def nbytes(self) -> int:
         previous = 0 if self.previous is None else self.previous.nbytes
-        return self.partial.nbytes + self.blocks.nbytes + previous
+        context = 8 * context_width(self.n_features)  # counted whether or not it is cached now
+        return self.partial.nbytes + self.blocks.nbytes + previous + context
 
     def add(self, rows: np.ndarray) -> None:
         while len(rows):
@@ -206,7 +264,7 @@ class _Series:
                 self.context = None
 
     def chronological(self) -> np.ndarray:
-        """The block summaries held (held, 3, F), oldest first."""
+        """The block summaries held (held, SUMMARY_ROWS, F), oldest first."""
         return self.blocks[(self.write - self.held + np.arange(self.held)) % HISTORY_BLOCKS]
 
     def context_for(self, window: np.ndarray) -> np.ndarray:
@@ -236,14 +294,14 @@ NO_TIME = -(2**63)  # HistoryState.counts' last time of a series whose windows c
 
 def state_bytes(n_series: int, n_features: int) -> int:
     """The bytes of a HistoryState's arrays for ``n_series`` series of ``n_features`` features."""
-    return n_series * ((HISTORY_BLOCKS * 3 + BLOCK_ROWS) * n_features * 8 + 3 * 8)
+    return n_series * ((HISTORY_BLOCKS * SUMMARY_ROWS + BLOCK_ROWS) * n_features * 8 + 3 * 8)
 
 
 @dataclass(frozen=True)
 class HistoryState:
     """The history of S series of F features, oldest series first (the first to be forgotten).
 
-    ``blocks`` (S, HISTORY_BLOCKS, 3, F) float64: block summaries, oldest first, the first ``counts[i, 0]``
+    ``blocks`` (S, HISTORY_BLOCKS, SUMMARY_ROWS, F) float64: block summaries, oldest first, the first ``counts[i, 0]``
     of series i in use; ``partial`` (S, BLOCK_ROWS, F) float64: the rows of the block under way, the first
     ``counts[i, 1]`` in use; ``counts`` (S, 3) int64: blocks held, rows under way, and the time of the
     newest row (``NO_TIME`` when its windows carried none, or a time beyond int64).
@@ -265,7 +323,7 @@ class HistoryState:
         """ValueError unless the arrays agree with each other and hold what a History could hold."""
         s, f = len(self.series), self.blocks.shape[-1] if self.blocks.ndim == 4 else -1
         shapes = {
-            "blocks": (self.blocks, (s, HISTORY_BLOCKS, 3, f), np.float64),
+            "blocks": (self.blocks, (s, HISTORY_BLOCKS, SUMMARY_ROWS, f), np.float64),
             "partial": (self.partial, (s, BLOCK_ROWS, f), np.float64),
             "counts": (self.counts, (s, 3), np.int64),
         }
@@ -279,8 +337,10 @@ class HistoryState:
             raise ValueError("history counts out of range")
         if not (np.isfinite(self.blocks).all() and np.isfinite(self.partial).all()):
             raise ValueError("history holds a value that is not finite")
-        if (self.blocks[:, :, 1:] < 0).any():
+        if (self.blocks[:, :, 1:3] < 0).any():
             raise ValueError("history holds a negative scale")
+        if (self.blocks[:, :, 3] < self.blocks[:, :, 4]).any():
+            raise ValueError("history holds a block whose highest row is below its lowest")
 
 
 class History:
@@ -309,7 +369,7 @@ class History:
         f = newest.n_features
         room = len(self._series) if max_bytes is None else max(1, max_bytes // state_bytes(1, f))
         chosen = [(k, v) for k, v in self._series.items() if v.n_features == f][-room:]
-        blocks = np.zeros((len(chosen), HISTORY_BLOCKS, 3, f))
+        blocks = np.zeros((len(chosen), HISTORY_BLOCKS, SUMMARY_ROWS, f))
         partial = np.zeros((len(chosen), BLOCK_ROWS, f))
         counts = np.zeros((len(chosen), 3), dtype=np.int64)
         for i, (_, series) in enumerate(chosen):
@@ -341,7 +401,7 @@ class History:
         self._forget_past_bound()
 
     def observe(self, series_id: str, values: np.ndarray, start: int | None, step_ms: int | None) -> np.ndarray:
-        """The context (4F + 1,) of a window (values (T, F)) of ``series_id``; then the window's new rows
+        """The context (7F + 1,) of a window (values (T, F)) of ``series_id``; then the window's new rows
         join that series' history (see the module docstring)."""
         series = self._series.pop(series_id, None)
         if series is not None:
@@ -371,7 +431,7 @@ def contexts_in_order(
     step_ms: list[int | None],
     seed: HistoryState | None = None,
 ) -> np.ndarray:
-    """Contexts (N, 4F + 1) of windows scored in the given order by a fresh, unbounded :class:`History`
+    """Contexts (N, 7F + 1) of windows scored in the given order by a fresh, unbounded :class:`History`
     seeded with ``seed``: what ``replay --offline`` gives the windows of a recording."""
     if not len(values):
         return np.zeros((0, context_width(values.shape[-1])))

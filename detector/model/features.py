@@ -9,19 +9,22 @@ Each window is therefore made scale-free on its own, per feature, before the net
     quiet  = log(|diff(x)| / scale + 1e-2)             very negative on flat lines, large on bursts
 
 and, against the series' own history (:mod:`detector.model.context`: a long-run and a recent location and
-scale per feature),
+scale per feature, the series' range and its recent noise),
 
     history = asinh((x - location) / scale)            where the window sits against its series' past
     distance = min(|history|, |asinh((x - recent location) / recent scale)|)
-                                                       how far from it, whichever side: from the nearer of
-                                                       the long-run and the recent levels
+               + asinh(beyond / noise)                 how far from it, whichever side: from the nearer of
+                                                       the long-run and the recent levels, plus how far
+                                                       beyond the highest or lowest row of its long-run
+                                                       history (beyond = max(0, x - highest, lowest - x))
 
 giving 5 channels per feature, then one shared channel, the context's warmth (how much history stands
 behind the location and scale; 0 for a cold series, whose window is its own context). Those channels are
 then standardised with a mean and std per channel measured on training data; those ``InputStats`` travel
-in the checkpoint, with the name of the normalisation they were measured under. A checkpoint of the previous
-normalisation (``LEGACY_NORMALISATION``, from before the recent context) gets its distance from the
-long-run context alone, as it was trained.
+in the checkpoint, with the name of the normalisation they were measured under, and a checkpoint gets its
+distance as it was trained: ``NORMALISATION`` as above (narrow models), ``LEVELS_NORMALISATION`` from the
+two levels alone (wide models, and narrow ones written before the range), ``LEGACY_NORMALISATION``
+(written before the recent context) from the long-run level alone.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ from detector.model.context import split_context
 
 CHANNELS_PER_FEATURE = 5
 SHARED_CHANNELS = 1
-NORMALISATION = "window-robust-diff-history-v3"
-LEGACY_NORMALISATION = "window-robust-diff-history-v2"  # distance = |history|: no recent context
-NORMALISATIONS = (LEGACY_NORMALISATION, NORMALISATION)  # what a checkpoint may name
+NORMALISATION = "window-robust-diff-history-v4"
+LEVELS_NORMALISATION = "window-robust-diff-history-v3"  # distance from the nearer level, no range: wide models
+LEGACY_NORMALISATION = "window-robust-diff-history-v2"  # distance = |history|: no recent context, no range
+NORMALISATIONS = (LEGACY_NORMALISATION, LEVELS_NORMALISATION, NORMALISATION)  # what a checkpoint may name
 
 
 def input_channels(n_features: int) -> int:
@@ -56,7 +60,7 @@ def distance_channels(in_channels: int) -> slice:
 
 
 def robust_channels(x: torch.Tensor, context: torch.Tensor, kind: str = NORMALISATION) -> torch.Tensor:
-    """Raw windows (B, T, F) and their contexts (B, 4F + 1) -> scale-free channels (B, T, 5F + 1), float32,
+    """Raw windows (B, T, F) and their contexts (B, 7F + 1) -> scale-free channels (B, T, 5F + 1), float32,
     finite for any finite input and any context with positive scales; ``kind`` is one of
     ``NORMALISATIONS``."""
     if kind not in NORMALISATIONS:
@@ -74,12 +78,15 @@ def robust_channels(x: torch.Tensor, context: torch.Tensor, kind: str = NORMALIS
     level = torch.asinh((x - med) / scale)
     change = torch.asinh(d / scale)
     quiet = torch.log(d.abs() / scale + 1e-2)
-    long_loc, long_scale, recent_loc, recent_scale, warmth = split_context(context[:, None], f)
-    history = torch.asinh((x - long_loc) / long_scale)
+    ctx = split_context(context[:, None], f)
+    history = torch.asinh((x - ctx.loc) / ctx.scale)
     distance = history.abs()
     if kind != LEGACY_NORMALISATION:
-        distance = torch.minimum(distance, torch.asinh((x - recent_loc) / recent_scale).abs())
-    warmth = warmth.expand(-1, x.shape[1], -1)
+        distance = torch.minimum(distance, torch.asinh((x - ctx.recent_loc) / ctx.recent_scale).abs())
+    if kind == NORMALISATION:
+        beyond = torch.clamp(torch.maximum(x - ctx.highest, ctx.lowest - x), min=0.0)
+        distance = distance + torch.asinh(beyond / ctx.noise)
+    warmth = ctx.warmth.expand(-1, x.shape[1], -1)
     # The order is the layout that distance_channels() names.
     return torch.cat([level, change, quiet, history, distance, warmth], dim=2).to(torch.float32)
 
@@ -107,6 +114,6 @@ class InputStats:
 
 
 def prepare(x: torch.Tensor, context: torch.Tensor, stats: InputStats) -> torch.Tensor:
-    """Raw windows (B, T, F) and contexts (B, 4F + 1) -> standardised network inputs (B, T, 5F + 1), made the
+    """Raw windows (B, T, F) and contexts (B, 7F + 1) -> standardised network inputs (B, T, 5F + 1), made the
     way ``stats`` were measured."""
     return stats.apply(robust_channels(x, context, stats.kind))

@@ -31,15 +31,24 @@ from detector.model.config import TrainConfig
 from detector.model.context import (
     BLOCK_ROWS,
     HISTORY_BLOCKS,
+    ContextParts,
     cold_contexts,
     context_width,
     history_after,
+    join_context,
     recording_contexts,
     series_blocks,
     split_context,
     warm_context,
 )
-from detector.model.features import NORMALISATION, InputStats, input_channels, prepare, robust_channels
+from detector.model.features import (
+    LEVELS_NORMALISATION,
+    NORMALISATION,
+    InputStats,
+    input_channels,
+    prepare,
+    robust_channels,
+)
 from detector.model.inject import EVENT_KINDS, EventSpec, inject_batch, noise_scale
 from detector.model.metrics import binary_metrics
 from detector.model.network import DetectorNet
@@ -57,14 +66,21 @@ COLD_SHARE = 0.15  # share of training windows whose history is cut short (down 
 @dataclass
 class Batch:
     values: np.ndarray  # (B, T, F)
-    contexts: np.ndarray  # (B, 4F + 1) float64
+    contexts: np.ndarray  # (B, 7F + 1) float64
     labels: np.ndarray  # (B, T) int8
     kinds: list[str]  # event type per window, "none" without one
 
 
+def normalisation_for(config: TrainConfig, n_features: int) -> str:
+    """The normalisation a model of ``n_features`` features is trained under: narrow models' distance also
+    counts how far a step goes beyond its series' range, wide ones' does not (with it, the network leant on
+    the range to find injected events and ranked real multi-metric incidents worse; bench/RESULTS.md)."""
+    return NORMALISATION if config.network.is_narrow(n_features) else LEVELS_NORMALISATION
+
+
 def _grid_contexts(blocks: np.ndarray, n_features: int) -> np.ndarray:
-    """Contexts (k + 1, 4F + 1) of a series whose block summaries are ``blocks`` (k, 3, F), with history
-    ending after 0, 1, ..., k blocks; after 0 a cold placeholder (warmth 0, see :func:`_recold`)."""
+    """Contexts (k + 1, 7F + 1) of a series whose block summaries are ``blocks`` (k, SUMMARY_ROWS, F), with
+    history ending after 0, 1, ..., k blocks; after 0 a cold placeholder (warmth 0, see :func:`_recold`)."""
     out = np.zeros((len(blocks) + 1, context_width(n_features)))
     for k in range(1, len(blocks) + 1):
         out[k] = warm_context(blocks[max(0, k - HISTORY_BLOCKS) : k])
@@ -87,7 +103,7 @@ def _event_scales(values: np.ndarray, contexts: np.ndarray, rng: np.random.Gener
     scale, so that the model learns events both against the window and against the series' past."""
     scales = noise_scale(values)
     by_level = rng.random(len(values)) < HISTORY_SIZED
-    scales[by_level] = split_context(contexts, values.shape[2])[1][by_level]  # the long-run scale
+    scales[by_level] = split_context(contexts, values.shape[2]).scale[by_level]  # the long-run scale
     return scales
 
 
@@ -145,18 +161,22 @@ class BatchSampler:
             values[j] = v[off : off + t]
             labels[j] = lab[off : off + t]
             contexts[j] = self._context(s, off + t)
-        loc, scale, recent_loc, recent_scale, warmth = split_context(contexts, n_feat)
+        ctx = split_context(contexts, n_feat)
         if self.cfg.permute_channels and n_feat > 1:
             perm = np.argsort(rng.random((size, n_feat)), axis=1)
             values = np.take_along_axis(values, perm[:, None, :], axis=2)
-            loc, scale, recent_loc, recent_scale = (
-                np.take_along_axis(part, perm, axis=1) for part in (loc, scale, recent_loc, recent_scale)
-            )
+            ctx = ContextParts._make([*(np.take_along_axis(part, perm, axis=1) for part in ctx[:-1]), ctx.warmth])
         if self.cfg.flip_sign:
             sign = np.where(rng.random((size, n_feat)) < 0.5, -1.0, 1.0)
             values = values * sign[:, None, :].astype(np.float32)
-            loc, recent_loc = loc * sign, recent_loc * sign
-        contexts = np.concatenate([loc, scale, recent_loc, recent_scale, warmth], axis=1)
+            flipped = sign < 0  # a flipped feature's highest row is minus its lowest, and the other way round
+            ctx = ctx._replace(
+                loc=ctx.loc * sign,
+                recent_loc=ctx.recent_loc * sign,
+                highest=np.where(flipped, -ctx.lowest, ctx.highest),
+                lowest=np.where(flipped, -ctx.highest, ctx.lowest),
+            )
+        contexts = join_context(ctx)
         kinds = ["none" if not lab.any() else "unknown" for lab in labels]
         if self.rate > 0:
             sized = _event_scales(values, _recold(contexts, values), rng)
@@ -315,12 +335,13 @@ def train(
 
     # Input statistics and class balance, measured on a sample of training batches.
     probe = [sampler.sample(config.batch_size) for _ in range(max(4, 4096 // config.batch_size))]
+    normalisation = normalisation_for(config, n_feat)
     probe_x = robust_channels(
         torch.from_numpy(np.concatenate([b.values for b in probe])),
         torch.from_numpy(np.concatenate([b.contexts for b in probe])),
-        NORMALISATION,
+        normalisation,
     )
-    stats = InputStats.fit(probe_x, NORMALISATION)
+    stats = InputStats.fit(probe_x, normalisation)
     probe_y = np.concatenate([b.labels for b in probe])
     win_pos = probe_y.max(axis=1).mean()
     if win_pos == 0:
