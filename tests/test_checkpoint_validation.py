@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 import structlog
 import torch
@@ -23,7 +24,7 @@ from detector.cli import main
 from detector.errors import CheckpointError, CheckpointRejected
 from detector.model import checkpoint
 from detector.model.checkpoint import Checkpoint
-from detector.model.context import LEGACY_SUMMARY_ROWS, SUMMARY_ROWS
+from detector.model.context import LEGACY_SUMMARY_ROWS, SUMMARY_ROWS, UNKNOWN_RANGE, History
 from detector.model.features import (
     LEGACY_NORMALISATION,
     LEVELS_NORMALISATION,
@@ -391,11 +392,25 @@ def test_a_checkpoint_of_an_earlier_normalisation_loads_and_measures_distance_as
     again = checkpoint.to_bytes(old)
     assert checkpoint.from_bytes(again).stats.kind == kind
     assert _parts(again)[1]["history.blocks"].shape[2] == LEGACY_SUMMARY_ROWS
-    blocks = old.history.blocks  # in memory: the range of an old block is its median, all that is known
+    blocks = old.history.blocks  # in memory: the range of an old block is unknown
     assert blocks.shape[2] == SUMMARY_ROWS
     torch.testing.assert_close(torch.from_numpy(blocks[:, :, :3]), torch.from_numpy(new.history.blocks[:, :, :3]))
-    assert (blocks[:, :, 3] == blocks[:, :, 0]).all()
-    assert (blocks[:, :, 4] == blocks[:, :, 0]).all()
+    assert (blocks[:, :, 3] == UNKNOWN_RANGE).all()
+    assert (blocks[:, :, 4] == -UNKNOWN_RANGE).all()
+    # so that a series whose history holds such a block gets no range term, even from a v4 model, for any row
+    window = np.full((1, 16, old.n_features), np.finfo(np.float32).max, dtype=np.float32)
+    window[0, :8] = -np.finfo(np.float32).max
+    held = History(1 << 30)
+    held.seed(old.history)
+    series = old.history.series[-1]
+    context = torch.from_numpy(held.observe(series, window[0], None, None)[None])
+    ranged = robust_channels(torch.from_numpy(window), context, NORMALISATION)[
+        0, :, distance_channels(input_channels(old.n_features))
+    ]
+    levels = robust_channels(torch.from_numpy(window), context, LEVELS_NORMALISATION)[
+        0, :, distance_channels(input_channels(old.n_features))
+    ]
+    torch.testing.assert_close(ranged, levels)
     f = old.n_features
     x = torch.zeros(1, 16, f, dtype=torch.float64)
     x[0, -1] = 10.0  # far from the long-run level (0), at the recent one (10), 8 beyond the range [-2, 2]

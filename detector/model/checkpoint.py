@@ -42,16 +42,8 @@ from safetensors.torch import save as save_tensors
 from detector.errors import CheckpointError
 from detector.model import calibration
 from detector.model.config import NetworkConfig
-from detector.model.context import (
-    BLOCK_ROWS,
-    HISTORY_BLOCKS,
-    LEGACY_SUMMARY_ROWS,
-    SUMMARY_ROWS,
-    HistoryState,
-    state_bytes,
-    upgraded_blocks,
-)
-from detector.model.features import NORMALISATION, NORMALISATIONS, InputStats, input_channels
+from detector.model.context import BLOCK_ROWS, HISTORY_BLOCKS, HistoryState, state_bytes, upgraded_blocks
+from detector.model.features import NORMALISATIONS, InputStats, input_channels
 from detector.model.network import DetectorNet, hold
 from detector.model.thresholds import FLAG_NOTHING
 
@@ -210,13 +202,13 @@ def _numbers(values: Any, what: str, count: int, positive: bool = False) -> tupl
 
 def summary_rows(normalisation: str) -> int:
     """How many summaries per block the history of a checkpoint of ``normalisation`` holds."""
-    return SUMMARY_ROWS if normalisation == NORMALISATION else LEGACY_SUMMARY_ROWS
+    return NORMALISATIONS[normalisation].summaries
 
 
 def _history_header(raw: Any, header: dict[str, Any], n_features: int, summaries: int) -> tuple[str, ...] | None:
     """The series of the history the header declares (None: none), once its tensors' names, types and
     shapes are those of a HistoryState of that many series (``summaries`` per block) within
-    MAX_HISTORY_BYTES as held in memory (from the header alone, before anything is read)."""
+    MAX_HISTORY_BYTES in the file (from the header alone, before anything is read)."""
     names = {name for name in header if name.startswith(HISTORY)}
     if raw is None:
         if names:
@@ -237,7 +229,7 @@ def _history_header(raw: Any, header: dict[str, Any], n_features: int, summaries
         entry = header[name]
         if not isinstance(entry, dict) or entry.get("dtype") != dtype or entry.get("shape") != shape:
             raise ValueError(f"history tensor {name} is not {dtype} of shape {shape}")
-    size = state_bytes(s, n_features)
+    size = state_bytes(s, n_features, summaries)
     if size > MAX_HISTORY_BYTES:
         raise ValueError(f"a history of {size:,} bytes, the limit is {MAX_HISTORY_BYTES:,}")
     return tuple(series)
@@ -328,7 +320,7 @@ def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
                 f"windows of {window_length} x {n_features} values, the limit is {MAX_WINDOW_VALUES:,} values"
             )
         norm = meta["normalisation"]
-        if norm["kind"] not in NORMALISATIONS:
+        if not isinstance(norm["kind"], str) or norm["kind"] not in NORMALISATIONS:
             raise ValueError(
                 f"normalisation {repr(norm['kind'])[:80]}, this detector reads "
                 f"{' or '.join(map(repr, NORMALISATIONS))} (train the model again)"

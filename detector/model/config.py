@@ -33,7 +33,8 @@ class NetworkConfig(BaseModel):
     # Narrow models (at most ``narrow_max_features`` features: univariate series) and wide ones score steps
     # differently, by measurement on real data (bench/RESULTS.md, Real data):
     # - narrow: each step's logit also rises by ``distance_anchor`` per unit of the step's standardised
-    #   distance from its series' history (a fixed slope, not learnt; 0 = off), and is held over
+    #   distance from its series' history (a fixed slope, not learnt; 0 = off; the distance includes how
+    #   far the step goes beyond the series' range, which wide models' inputs leave out), and is held over
     #   ``narrow_step_hold`` steps (below). Trained on injected events alone, the network learns to spot
     #   them inside a window and leaves the distance under-used; the fixed slope keeps real incidents, far
     #   from their series' past, above a spiky series' everyday moves.

@@ -75,6 +75,10 @@ MAD_TO_SIGMA = 1.4826  # the standard deviation of a normal sample over its MAD
 MEAN_ABS_TO_SIGMA = 1.2533  # ... over its mean absolute deviation
 SUMMARY_ROWS = 5  # a block summary per feature: median, robust scale, mean absolute deviation, highest, lowest
 LEGACY_SUMMARY_ROWS = 3  # before the range: median, robust scale, mean absolute deviation
+# The range of a block kept without one: no row (float32) goes beyond it, so it adds nothing to a distance.
+UNKNOWN_RANGE = float(np.finfo(np.float32).max)
+# No summary or row held can be larger in magnitude (rows are float32; a scale is at most a few times one).
+MAX_MAGNITUDE = 8 * UNKNOWN_RANGE
 
 
 def _median(x: np.ndarray, axis: int) -> np.ndarray:
@@ -126,12 +130,13 @@ def block_summary(rows: np.ndarray) -> np.ndarray:
 
 
 def upgraded_blocks(blocks: np.ndarray) -> np.ndarray:
-    """Block summaries (..., LEGACY_SUMMARY_ROWS, F) of a history kept before the range -> (..., SUMMARY_ROWS,
-    F): each block's highest and lowest row taken as its median (what is known of it); others unchanged."""
+    """Block summaries (..., LEGACY_SUMMARY_ROWS, F) of a history kept without the range -> (..., SUMMARY_ROWS,
+    F): each block's range unknown (highest ``UNKNOWN_RANGE``, lowest its negative), so that while such a
+    block is among a series' last ``HISTORY_BLOCKS`` nothing counts as beyond its range; others unchanged."""
     if blocks.shape[-2] != LEGACY_SUMMARY_ROWS:
         return blocks
-    median = blocks[..., :1, :]
-    return np.concatenate([blocks, median, median], axis=-2)
+    unknown = np.full_like(blocks[..., :1, :], UNKNOWN_RANGE)
+    return np.concatenate([blocks, unknown, -unknown], axis=-2)
 
 
 def _within(blocks: np.ndarray) -> np.ndarray:
@@ -292,9 +297,10 @@ class _Series:
 NO_TIME = -(2**63)  # HistoryState.counts' last time of a series whose windows carried none
 
 
-def state_bytes(n_series: int, n_features: int) -> int:
-    """The bytes of a HistoryState's arrays for ``n_series`` series of ``n_features`` features."""
-    return n_series * ((HISTORY_BLOCKS * SUMMARY_ROWS + BLOCK_ROWS) * n_features * 8 + 3 * 8)
+def state_bytes(n_series: int, n_features: int, summaries: int = SUMMARY_ROWS) -> int:
+    """The bytes of a HistoryState's arrays for ``n_series`` series of ``n_features`` features, with
+    ``summaries`` per block (as a checkpoint keeps them)."""
+    return n_series * ((HISTORY_BLOCKS * summaries + BLOCK_ROWS) * n_features * 8 + 3 * 8)
 
 
 @dataclass(frozen=True)
@@ -337,6 +343,8 @@ class HistoryState:
             raise ValueError("history counts out of range")
         if not (np.isfinite(self.blocks).all() and np.isfinite(self.partial).all()):
             raise ValueError("history holds a value that is not finite")
+        if max(np.abs(self.blocks).max(initial=0.0), np.abs(self.partial).max(initial=0.0)) > MAX_MAGNITUDE:
+            raise ValueError("history holds a value larger than any row could give")
         if (self.blocks[:, :, 1:3] < 0).any():
             raise ValueError("history holds a negative scale")
         if (self.blocks[:, :, 3] < self.blocks[:, :, 4]).any():
@@ -360,14 +368,15 @@ class History:
     def __len__(self) -> int:
         return len(self._series)
 
-    def state(self, max_bytes: int | None = None) -> HistoryState | None:
+    def state(self, max_bytes: int | None = None, summaries: int = SUMMARY_ROWS) -> HistoryState | None:
         """What is held, as arrays (None when nothing is); with ``max_bytes``, only the most recently seen
-        series whose state fits in it. Series of another width than the most recent one are left out."""
+        series whose state fits in it, kept with ``summaries`` per block. Series of another width than the
+        most recent one are left out."""
         if not self._series:
             return None
         newest = next(reversed(self._series.values()))
         f = newest.n_features
-        room = len(self._series) if max_bytes is None else max(1, max_bytes // state_bytes(1, f))
+        room = len(self._series) if max_bytes is None else max(1, max_bytes // state_bytes(1, f, summaries))
         chosen = [(k, v) for k, v in self._series.items() if v.n_features == f][-room:]
         blocks = np.zeros((len(chosen), HISTORY_BLOCKS, SUMMARY_ROWS, f))
         partial = np.zeros((len(chosen), BLOCK_ROWS, f))
@@ -448,11 +457,11 @@ def recording_contexts(data: WindowSet, seed: HistoryState | None = None) -> np.
     return contexts_in_order(data.series_ids, data.values, data.starts, data.step_ms, seed)
 
 
-def history_after(data: WindowSet, max_bytes: int) -> HistoryState | None:
+def history_after(data: WindowSet, max_bytes: int, summaries: int = SUMMARY_ROWS) -> HistoryState | None:
     """The history a recording's windows leave, fed series by series in time order
-    (:meth:`~detector.windows.WindowSet.time_order`); at most ``max_bytes`` of it (the series fed last);
-    None for no windows."""
+    (:meth:`~detector.windows.WindowSet.time_order`); at most ``max_bytes`` of it kept with ``summaries``
+    per block (the series fed last); None for no windows."""
     history = History(max_bytes=1 << 62)
     for i in data.time_order():
         history.observe(data.series_ids[i], data.values[i], data.starts[i], data.step_ms[i])
-    return history.state(max_bytes)
+    return history.state(max_bytes, summaries)

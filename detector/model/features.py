@@ -33,14 +33,30 @@ from dataclasses import dataclass
 
 import torch
 
-from detector.model.context import split_context
+from detector.model.context import LEGACY_SUMMARY_ROWS, SUMMARY_ROWS, split_context
 
 CHANNELS_PER_FEATURE = 5
 SHARED_CHANNELS = 1
 NORMALISATION = "window-robust-diff-history-v4"
 LEVELS_NORMALISATION = "window-robust-diff-history-v3"  # distance from the nearer level, no range: wide models
 LEGACY_NORMALISATION = "window-robust-diff-history-v2"  # distance = |history|: no recent context, no range
-NORMALISATIONS = (LEGACY_NORMALISATION, LEVELS_NORMALISATION, NORMALISATION)  # what a checkpoint may name
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """What a normalisation's distance is made of, and what history a checkpoint of it keeps."""
+
+    recent: bool  # from the nearer of the long-run and the recent level (else the long-run one alone)
+    range: bool  # plus how far beyond the series' range
+    summaries: int  # history summaries per block in the file (context.SUMMARY_ROWS or LEGACY_SUMMARY_ROWS)
+
+
+# What a checkpoint may name.
+NORMALISATIONS = {
+    LEGACY_NORMALISATION: Normalisation(recent=False, range=False, summaries=LEGACY_SUMMARY_ROWS),
+    LEVELS_NORMALISATION: Normalisation(recent=True, range=False, summaries=LEGACY_SUMMARY_ROWS),
+    NORMALISATION: Normalisation(recent=True, range=True, summaries=SUMMARY_ROWS),
+}
 
 
 def input_channels(n_features: int) -> int:
@@ -63,8 +79,9 @@ def robust_channels(x: torch.Tensor, context: torch.Tensor, kind: str = NORMALIS
     """Raw windows (B, T, F) and their contexts (B, 7F + 1) -> scale-free channels (B, T, 5F + 1), float32,
     finite for any finite input and any context with positive scales; ``kind`` is one of
     ``NORMALISATIONS``."""
-    if kind not in NORMALISATIONS:
+    if not isinstance(kind, str) or kind not in NORMALISATIONS:
         raise ValueError(f"unknown normalisation {kind!r}")
+    made = NORMALISATIONS[kind]
     x = x.to(torch.float64)  # float32 loses the noise of a series around 10^6
     context = context.to(torch.float64)
     f = x.shape[2]
@@ -81,9 +98,9 @@ def robust_channels(x: torch.Tensor, context: torch.Tensor, kind: str = NORMALIS
     ctx = split_context(context[:, None], f)
     history = torch.asinh((x - ctx.loc) / ctx.scale)
     distance = history.abs()
-    if kind != LEGACY_NORMALISATION:
+    if made.recent:
         distance = torch.minimum(distance, torch.asinh((x - ctx.recent_loc) / ctx.recent_scale).abs())
-    if kind == NORMALISATION:
+    if made.range:
         beyond = torch.clamp(torch.maximum(x - ctx.highest, ctx.lowest - x), min=0.0)
         distance = distance + torch.asinh(beyond / ctx.noise)
     warmth = ctx.warmth.expand(-1, x.shape[1], -1)

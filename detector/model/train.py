@@ -44,6 +44,7 @@ from detector.model.context import (
 from detector.model.features import (
     LEVELS_NORMALISATION,
     NORMALISATION,
+    NORMALISATIONS,
     InputStats,
     input_channels,
     prepare,
@@ -90,7 +91,7 @@ def _grid_contexts(blocks: np.ndarray, n_features: int) -> np.ndarray:
 def _recold(contexts: np.ndarray, values: np.ndarray) -> np.ndarray:
     """``contexts`` with every cold one (warmth 0) measured again on its window in ``values``, as serving
     measures a cold series' context on the window it scores."""
-    cold = contexts[:, -1] == 0
+    cold = split_context(contexts, values.shape[2]).warmth[:, 0] == 0
     if not cold.any():
         return contexts
     contexts = contexts.copy()
@@ -431,6 +432,7 @@ def train(
         window=Head(),
         step=Head() if network.step_head else None,
         training={k: v for k, v in summary.items() if k != "seconds"},
-        history=history_after(data, MAX_HISTORY_BYTES),  # serving starts from what the recording leaves
+        # serving starts from what the recording leaves, as much as the file may hold
+        history=history_after(data, MAX_HISTORY_BYTES, NORMALISATIONS[normalisation].summaries),
     )
     return TrainResult(ckpt, summary)
