@@ -74,6 +74,7 @@ RECENT_BLOCKS = 8  # the newest blocks, measured again on their own: the series'
 MAD_TO_SIGMA = 1.4826  # the standard deviation of a normal sample over its MAD
 MEAN_ABS_TO_SIGMA = 1.2533  # ... over its mean absolute deviation
 SUMMARY_ROWS = 5  # a block summary per feature: median, robust scale, mean absolute deviation, highest, lowest
+MEDIAN, SCALE, MEAN_ABS, HIGHEST, LOWEST = range(SUMMARY_ROWS)  # where each sits in a summary
 LEGACY_SUMMARY_ROWS = 3  # before the range: median, robust scale, mean absolute deviation
 # The range of a block kept without one: no row (float32) goes beyond it, so it adds nothing to a distance.
 UNKNOWN_RANGE = float(np.finfo(np.float32).max)
@@ -142,14 +143,14 @@ def upgraded_blocks(blocks: np.ndarray) -> np.ndarray:
 def _within(blocks: np.ndarray) -> np.ndarray:
     """The median scale within a block of summaries (k, SUMMARY_ROWS, F), or 1.2533 x their mean absolute
     deviation where that median is 0 (unfloored)."""
-    within = _median(blocks[:, 1], axis=0)
-    return np.where(within > 0, within, MEAN_ABS_TO_SIGMA * blocks[:, 2].mean(axis=0))
+    within = _median(blocks[:, SCALE], axis=0)
+    return np.where(within > 0, within, MEAN_ABS_TO_SIGMA * blocks[:, MEAN_ABS].mean(axis=0))
 
 
 def pooled_context(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Block summaries (k, SUMMARY_ROWS, F), k >= 1 -> (location (F,), scale (F,)) (see the module
     docstring)."""
-    loc, between, _ = _robust(blocks[:, 0], axis=0)
+    loc, between, _ = _robust(blocks[:, MEDIAN], axis=0)
     return loc, _floored(np.maximum(between, _within(blocks)), loc)
 
 
@@ -181,7 +182,7 @@ def warm_context(blocks: np.ndarray) -> np.ndarray:
     loc, scale = pooled_context(blocks)
     recent_loc, recent_scale = pooled_context(recent)
     noise = _floored(_within(recent), recent_loc)
-    highest, lowest = blocks[:, 3].max(axis=0), blocks[:, 4].min(axis=0)
+    highest, lowest = blocks[:, HIGHEST].max(axis=0), blocks[:, LOWEST].min(axis=0)
     warmth = [len(blocks) / HISTORY_BLOCKS]
     return np.concatenate([loc, scale, recent_loc, recent_scale, highest, lowest, noise, warmth])
 
@@ -198,8 +199,8 @@ def cold_contexts(values: np.ndarray) -> np.ndarray:
     """Cold contexts (B, 7F + 1) for windows (B, T, F): each window its own context (:func:`level_context`),
     long-run and recent alike, its own highest and lowest rows as the range, its level scale as the noise,
     warmth 0."""
-    loc, scale = level_context(values)
     values = np.asarray(values, dtype=np.float64)
+    loc, scale = level_context(values)
     highest, lowest = values.max(axis=1), values.min(axis=1)
     return np.concatenate([loc, scale, loc, scale, highest, lowest, scale, np.zeros((len(loc), 1))], axis=1)
 
@@ -345,9 +346,9 @@ class HistoryState:
             raise ValueError("history holds a value that is not finite")
         if max(np.abs(self.blocks).max(initial=0.0), np.abs(self.partial).max(initial=0.0)) > MAX_MAGNITUDE:
             raise ValueError("history holds a value larger than any row could give")
-        if (self.blocks[:, :, 1:3] < 0).any():
+        if (self.blocks[:, :, [SCALE, MEAN_ABS]] < 0).any():
             raise ValueError("history holds a negative scale")
-        if (self.blocks[:, :, 3] < self.blocks[:, :, 4]).any():
+        if (self.blocks[:, :, HIGHEST] < self.blocks[:, :, LOWEST]).any():
             raise ValueError("history holds a block whose highest row is below its lowest")
 
 

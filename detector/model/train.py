@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from detector.errors import TrainingError
-from detector.model.checkpoint import MAX_HISTORY_BYTES, Checkpoint, Head
+from detector.model.checkpoint import MAX_HISTORY_BYTES, Checkpoint, Head, summary_rows
 from detector.model.config import TrainConfig
 from detector.model.context import (
     BLOCK_ROWS,
@@ -44,7 +44,6 @@ from detector.model.context import (
 from detector.model.features import (
     LEVELS_NORMALISATION,
     NORMALISATION,
-    NORMALISATIONS,
     InputStats,
     input_channels,
     prepare,
@@ -433,6 +432,6 @@ def train(
         step=Head() if network.step_head else None,
         training={k: v for k, v in summary.items() if k != "seconds"},
         # serving starts from what the recording leaves, as much as the file may hold
-        history=history_after(data, MAX_HISTORY_BYTES, NORMALISATIONS[normalisation].summaries),
+        history=history_after(data, MAX_HISTORY_BYTES, summary_rows(normalisation)),
     )
     return TrainResult(ckpt, summary)
