@@ -237,13 +237,18 @@ class Scorer:
         scored_at: Sequence[int],
         latency_ms: Sequence[float],
     ) -> list[dict[str, Any]]:
-        """Output records (the README's fields), one per window, in order; plain JSON types only."""
+        """Output records (the README's fields), one per window, in order; plain JSON types only.
+
+        Probabilities and the threshold are the float64 numbers they are, not rounded: rounding ties the far
+        steps a ranking must tell apart (at 6 decimals every logit above ~14.5 reads 1.0) and can show a
+        probability equal to the threshold on a window that is not flagged.
+        """
         ck = self.checkpoint
         method = ck.calibration_name
-        threshold = round(float(ck.window.threshold), 6)
-        prob = np.round(scores.probability, 6).tolist()
+        threshold = float(ck.window.threshold)
+        prob = scores.probability.tolist()
         flags = scores.flag.tolist()
-        step_p = np.round(scores.step_probability, 6).tolist() if scores.step_probability is not None else None
+        step_p = scores.step_probability.tolist() if scores.step_probability is not None else None
         step_f = scores.step_flag.astype(np.int8).tolist() if scores.step_flag is not None else None
         event_names = ck.network.event_types
         out = []
@@ -263,7 +268,7 @@ class Scorer:
             if scores.event_probability is not None:
                 k = int(np.argmax(scores.event_probability[i]))
                 rec["event_type"] = event_names[k]
-                rec["event_type_probability"] = round(float(scores.event_probability[i, k]), 6)
+                rec["event_type_probability"] = float(scores.event_probability[i, k])
             rec["model_version"] = ck.version
             rec["calibration"] = method
             rec["scored_at"] = int(scored_at[i])

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save as save_tensors
 
+from detector.codec import Window
 from detector.errors import CheckpointError
 from detector.model import calibration, checkpoint
-from detector.model.checkpoint import Head
+from detector.model.checkpoint import UNCALIBRATED, Head
 from detector.model.context import ContextParts, join_context
 from detector.model.network import BinaryActivation
 from detector.model.thresholds import choose_threshold, parse_rule
@@ -466,3 +469,27 @@ def test_training_calibration_and_evaluation_compare_steps_with_held_labels(fit_
     step_prob = Scorer(calibrated).score(small_data.values, contexts).step_probability
     assert step_prob is not None
     assert metrics["step"] == binary_metrics(held.reshape(-1), step_prob.reshape(-1), calibrated.step.threshold)
+
+
+def test_records_write_probabilities_as_they_are_so_far_steps_rank_apart_and_flags_read_true(fit_tiny, small_data):
+    ck = fit_tiny()
+    threshold = 0.1234567891
+    scorer = Scorer(ck.with_heads(Head(dict(UNCALIBRATED), threshold, "0.1234567891"), ck.step))
+    scores = scorer.score(small_data.values[:4])
+    assert scores.step_probability is not None
+    # Steps far up the sigmoid (far beyond their series' range), and windows a hair either side of the threshold.
+    far = calibration.apply(UNCALIBRATED, np.array([14.0, 16.0, 20.0, 30.0]))
+    step = scores.step_probability.copy()
+    step[:, -1] = far
+    prob = np.array([threshold - 1e-9, threshold, threshold + 1e-9, 0.5])
+    scores = replace(scores, probability=prob, flag=prob >= threshold, step_probability=step)
+    windows = [
+        Window(small_data.series_ids[i], small_data.window_ids[i], small_data.starts[i], small_data.step_ms[i], v)
+        for i, v in enumerate(small_data.values[:4])
+    ]
+    records = json.loads(json.dumps(scorer.records(windows, scores, [0, 1, 2, 3], [0] * 4, [0.0] * 4)))
+    last = [r["step_probabilities"][-1] for r in records]
+    assert last == far.tolist()
+    assert all(a < b for a, b in itertools.pairwise(last))
+    assert [r["probability"] for r in records] == prob.tolist()
+    assert [r["flag"] for r in records] == [r["probability"] >= r["threshold"] for r in records] == [0, 1, 1, 1]
