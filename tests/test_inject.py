@@ -46,7 +46,7 @@ def test_event_changes_only_masked_steps_of_one_or_all_features(kind: str) -> No
         assert set(np.unique(mask)) <= {0, 1}
         assert mask.sum() > 0
         changed = out != x
-        assert not changed[mask == 0].any()
+        np.testing.assert_array_equal(mask, changed.any(axis=1))
         touched = np.flatnonzero(changed.any(axis=0))
         assert len(touched) in (1, F)
 
@@ -125,6 +125,8 @@ def test_event_position_and_length_are_random_within_bounds(kind: str) -> None:
         starts.add(int(steps[0]))
         lengths.add(len(steps))
     lo, hi = LENGTH_BOUNDS[kind]
+    if kind == "flat_line":
+        lo -= 1  # a line drawn from the window's first row holds that row's own value: that row is unchanged
     assert min(lengths) >= lo
     assert max(lengths) <= hi
     # Lengths: every value of a short range (spike: 1..3), at least 10 distinct values of a long one.
@@ -257,3 +259,58 @@ def test_generated_events_are_as_hard_as_the_accuracy_target_assumes() -> None:
 def test_noise_scale_of_a_batch_is_each_window_on_its_own():
     windows = np.random.default_rng(3).normal(size=(5, 32, 3)).astype(np.float32) * np.array([1.0, 10.0, 0.0])
     np.testing.assert_array_equal(noise_scale(windows), np.stack([noise_scale(w) for w in windows]))
+
+
+def test_a_flat_line_over_rows_already_flat_is_no_event() -> None:
+    """A series at rest (all 0) stays as it was under a flat line, and nothing is labelled; on a count
+    that is mostly 0, only the rows the flat line changed are labelled."""
+    rest = np.zeros((T, 1))
+    for seed in range(20):
+        out, mask, _ = _inject(rest, "flat_line", seed)
+        np.testing.assert_array_equal(out, rest)
+        assert mask.sum() == 0
+    counts = np.zeros((T, 1))
+    counts[::8] = 1.0
+    labelled = 0
+    for seed in range(20):
+        out, mask, _ = _inject(counts, "flat_line", seed)
+        np.testing.assert_array_equal(mask, (out != counts)[:, 0])
+        labelled += int(mask.sum())
+    assert 0 < labelled < 20 * 10  # some rows changed, far fewer than the lines drawn (10 to 32 rows each)
+
+
+def test_a_batch_names_no_kind_where_its_event_changed_nothing() -> None:
+    """inject_batch gives "" and an empty mask for a window its event left as it was."""
+    values = np.concatenate([np.zeros((20, T, 1)), 10.0 + np.random.default_rng(0).standard_normal((20, T, 1))])
+    out, masks, names = inject_batch(values, np.random.default_rng(1), 1.0, kinds=("flat_line",))
+    assert names[:20] == [""] * 20
+    assert masks[:20].sum() == 0
+    np.testing.assert_array_equal(out[:20], values[:20])
+    assert names[20:] == ["flat_line"] * 20
+    assert all(m.sum() > 0 for m in masks[20:])
+
+
+@pytest.mark.parametrize(("narrow_max_features", "all_by_history"), [(2, True), (0, False)])
+def test_training_sizes_every_event_of_a_narrow_model_on_its_series_history(
+    monkeypatch, small_data, narrow_max_features: int, all_by_history: bool
+) -> None:
+    """A narrow model's injected events are all sized on the long-run level scale of their series; a wide
+    model's partly on the window's own noise."""
+    from detector.model import train as train_module
+    from detector.model.context import split_context
+    from tests.conftest import tiny_config
+
+    seen: list[bool] = []
+    real = train_module._event_scales
+
+    def spy(values, contexts, rng, share):
+        scales = real(values, contexts, rng, share)
+        by_history = np.all(scales == split_context(contexts, values.shape[2]).scale, axis=1)
+        seen.extend(by_history.tolist())
+        return scales
+
+    monkeypatch.setattr(train_module, "_event_scales", spy)
+    train_module.train(small_data, tiny_config(0, narrow_max_features=narrow_max_features), inject=True)
+    assert len(seen) > 100
+    assert all(seen) is all_by_history
+    assert any(seen)

@@ -54,8 +54,10 @@ def inject_event(
 ) -> tuple[np.ndarray, str]:
     """Write one random event into ``x`` (shape (T, F), changed in place); return its step mask and kind.
 
-    The mask is 1 on every step whose value the event changed. ``scale`` (F,) is the scale to size the
-    event by; the window's noise scale (:func:`noise_scale`) when not given.
+    The mask is 1 on exactly the steps whose values the event changed: a flat line drawn over rows that
+    already hold one value (a series at rest at 0, say) changes nothing and is no event, and a spike too
+    small to change a float32 row is none either. ``scale`` (F,) is the scale to size the event by; the
+    window's noise scale (:func:`noise_scale`) when not given.
     """
     spec = spec or EventSpec()
     kind = kind or EVENT_KINDS[int(rng.integers(len(EVENT_KINDS)))]
@@ -77,6 +79,7 @@ def inject_event(
         lo = int(rng.integers(0, t_len - length + 1)) if start is None else min(start, t_len - length)
         return lo, lo + length
 
+    before = x.copy()
     mask = np.zeros(t_len, dtype=np.int8)
     if kind == "spike":
         lo, hi = span(spec.spike_length)
@@ -102,6 +105,7 @@ def inject_event(
         mask[lo:hi] = 1
     else:
         raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(EVENT_KINDS)}")
+    mask &= (x != before).any(axis=1)
     return mask, kind
 
 
@@ -116,7 +120,7 @@ def inject_batch(
     """Inject one event into a random ``rate`` share of windows (values (N, T, F)); return a copy.
 
     ``scales`` (N, F) sizes each window's event (default: the window's own noise scale). Returns (values,
-    step masks (N, T) int8, kind per window or "" where none was injected).
+    step masks (N, T) int8, kind per window or "" where none was injected or the event changed nothing).
     """
     out = values.copy()
     masks = np.zeros(values.shape[:2], dtype=np.int8)
@@ -124,5 +128,6 @@ def inject_batch(
     for i in np.flatnonzero(rng.random(len(values)) < rate):
         kind = kinds[int(rng.integers(len(kinds)))]
         scale = None if scales is None else scales[i]
-        masks[i], names[i] = inject_event(out[i], rng, kind=kind, spec=spec, scale=scale)
+        masks[i], name = inject_event(out[i], rng, kind=kind, spec=spec, scale=scale)
+        names[i] = name if masks[i].any() else ""
     return out, masks, names

@@ -59,7 +59,12 @@ from detector.windows import WindowSet
 # Half the events end on the window's last step (an incident still under way when the window is scored),
 # and level shifts may span the whole window.
 TRAINING_EVENTS = EventSpec(gain=(1.0, 30.0), shift_length=(8, 64), tail_share=0.5)
-HISTORY_SIZED = 0.75  # share of injected events sized on the series' level scale rather than the window's noise
+# Share of injected events sized on the series' long-run level scale rather than the window's own noise. In
+# narrow models all of them: their prior already ranks a step by its distance from the series' past, and
+# events sized on a quiet window's noise taught the network to raise the ordinary jumps a series makes every
+# day (a daily step-up many times its minute-to-minute noise, of which its history holds plenty).
+HISTORY_SIZED = 0.75
+NARROW_HISTORY_SIZED = 1.0
 COLD_SHARE = 0.15  # share of training windows whose history is cut short (down to none: a cold series)
 
 
@@ -76,6 +81,12 @@ def normalisation_for(config: TrainConfig, n_features: int) -> str:
     counts how far a step goes beyond its series' range, wide ones' does not (with it, the network leant on
     the range to find injected events and ranked real multi-metric incidents worse; bench/RESULTS.md)."""
     return NORMALISATION if config.network.is_narrow(n_features) else LEVELS_NORMALISATION
+
+
+def history_sized(config: TrainConfig, n_features: int) -> float:
+    """The share of a model's injected events sized on its series' long-run level scale: NARROW_HISTORY_SIZED
+    in a narrow model, HISTORY_SIZED in a wide one."""
+    return NARROW_HISTORY_SIZED if config.network.is_narrow(n_features) else HISTORY_SIZED
 
 
 def _grid_contexts(blocks: np.ndarray, n_features: int) -> np.ndarray:
@@ -98,11 +109,11 @@ def _recold(contexts: np.ndarray, values: np.ndarray) -> np.ndarray:
     return contexts
 
 
-def _event_scales(values: np.ndarray, contexts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Per window (N, F): the window's noise scale, or for a random HISTORY_SIZED share the context's level
-    scale, so that the model learns events both against the window and against the series' past."""
+def _event_scales(values: np.ndarray, contexts: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
+    """Per window (N, F): the window's noise scale, or for a random ``share`` the context's level scale, so
+    that the model learns events against the window, against the series' past, or both."""
     scales = noise_scale(values)
-    by_level = rng.random(len(values)) < HISTORY_SIZED
+    by_level = rng.random(len(values)) < share
     scales[by_level] = split_context(contexts, values.shape[2]).scale[by_level]  # the long-run scale
     return scales
 
@@ -116,6 +127,7 @@ class BatchSampler:
         self.t = data.shape[0]
         self.inject = inject
         self.rate = self.cfg.inject_rate
+        self.history_sized = history_sized(config, data.shape[1])
         if inject and self.rate <= 0:
             raise TrainingError("--inject needs train.augment.inject_rate > 0")
         labels = None if inject else data.labels
@@ -179,7 +191,7 @@ class BatchSampler:
         contexts = join_context(ctx)
         kinds = ["none" if not lab.any() else "unknown" for lab in labels]
         if self.rate > 0:
-            sized = _event_scales(values, _recold(contexts, values), rng)
+            sized = _event_scales(values, _recold(contexts, values), rng, self.history_sized)
             values, masks, injected = inject_batch(values, rng, self.rate, spec=TRAINING_EVENTS, scales=sized)
             labels = labels | masks
             kinds = [k or kinds[i] for i, k in enumerate(injected)]
@@ -326,7 +338,11 @@ def train(
     )
     own_kinds = [val_set.event_types[i] or "none" for i in vi] if not inject else ["none"] * len(vi)
     injected_values, masks, names = inject_batch(
-        own_values, val_rng, 0.5, spec=TRAINING_EVENTS, scales=_event_scales(own_values, own_contexts, val_rng)
+        own_values,
+        val_rng,
+        0.5,
+        spec=TRAINING_EVENTS,
+        scales=_event_scales(own_values, own_contexts, val_rng, history_sized(config, n_feat)),
     )
     val_values = np.concatenate([own_values, injected_values])
     val_contexts = np.concatenate([own_contexts, _recold(own_contexts, injected_values)])
