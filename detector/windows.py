@@ -40,8 +40,9 @@ class WindowSet:
         line order."""
         return sorted(range(len(self)), key=lambda i: (self.series_ids[i], self.starts[i] or 0, i))
 
-    def segments(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """Contiguous runs of each series (windows whose starts follow on exactly), as (values, labels)."""
+    def segments(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+        """Contiguous runs of each series (windows whose starts follow on exactly), as (series_id, values,
+        labels)."""
         order = self.time_order()
         t = self.values.shape[1]
         runs: list[list[int]] = []
@@ -61,7 +62,7 @@ class WindowSet:
         for run in runs:
             vals = self.values[run].reshape(-1, self.values.shape[2])
             labs = None if self.labels is None else self.labels[run].reshape(-1)
-            out.append((vals, labs))
+            out.append((self.series_ids[run[0]], vals, labs))
         return out
 
 

@@ -314,3 +314,42 @@ def test_training_sizes_every_event_of_a_narrow_model_on_its_series_history(
     assert len(seen) > 100
     assert all(seen) is all_by_history
     assert any(seen)
+
+
+def test_training_draws_from_every_series_alike_whatever_its_length() -> None:
+    """A series of a few windows is drawn as often as one of many; within a series, by room."""
+    from detector.model.train import series_weights
+
+    weights = series_weights(["long", "short", "long", "gappy", "gappy"], np.array([4000.0, 300.0, 1000.0, 10.0, 30.0]))
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[0] + weights[2] == pytest.approx(1 / 3)
+    assert weights[1] == pytest.approx(1 / 3)
+    assert weights[3] + weights[4] == pytest.approx(1 / 3)
+    assert weights[0] == pytest.approx(4 * weights[2])
+    assert weights[4] == pytest.approx(3 * weights[3])
+
+
+def test_the_batch_sampler_weighs_a_short_series_as_much_as_a_long_one(small_data) -> None:
+    from detector.model.train import BatchSampler
+    from detector.windows import WindowSet
+    from tests.conftest import tiny_config
+
+    ids = sorted(set(small_data.series_ids))
+    long_ids, short_id = ids[:2], ids[2]
+    keep = [i for i, s in enumerate(small_data.series_ids) if s in long_ids]
+    keep += [i for i, s in enumerate(small_data.series_ids) if s == short_id][:2]
+    d = small_data
+    data = WindowSet(
+        d.values[keep],
+        None if d.labels is None else d.labels[keep],
+        [d.series_ids[i] for i in keep],
+        [d.window_ids[i] for i in keep],
+        [d.starts[i] for i in keep],
+        [d.step_ms[i] for i in keep],
+        [d.event_types[i] for i in keep],
+    )
+    sampler = BatchSampler(data, tiny_config(), inject=True, rng=np.random.default_rng(0))
+    room = np.array([len(v) - d.values.shape[1] + 1 for v, _ in sampler.segments])
+    assert len(room) == 3  # one contiguous run per series
+    assert room.max() > 10 * room.min()  # the short series has far fewer window positions than each long one
+    np.testing.assert_allclose(sampler.weights, [1 / 3] * 3)

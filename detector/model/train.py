@@ -89,6 +89,18 @@ def history_sized(config: TrainConfig, n_features: int) -> float:
     return NARROW_HISTORY_SIZED if config.network.is_narrow(n_features) else HISTORY_SIZED
 
 
+def series_weights(series_ids: list[str], room: np.ndarray) -> np.ndarray:
+    """How often training draws a window from each segment (a contiguous run of one series with ``room``
+    window positions): every series alike, whatever its length, and within a series by room. Weighted by
+    room alone, a short series (a few weeks of hourly rows beside months of minutes) was seldom drawn, and
+    the network raised its ordinary shapes as if they were events."""
+    per_series: dict[str, float] = {}
+    for series, r in zip(series_ids, room, strict=True):
+        per_series[series] = per_series.get(series, 0.0) + float(r)
+    share = np.array([r / per_series[s] for s, r in zip(series_ids, room, strict=True)])
+    return share / len(per_series)
+
+
 def _grid_contexts(blocks: np.ndarray, n_features: int) -> np.ndarray:
     """Contexts (k + 1, 7F + 1) of a series whose block summaries are ``blocks`` (k, SUMMARY_ROWS, F), with
     history ending after 0, 1, ..., k blocks; after 0 a cold placeholder (warmth 0, see :func:`_recold`)."""
@@ -136,14 +148,16 @@ class BatchSampler:
             segs = WindowSet(
                 data.values, labels, data.series_ids, data.window_ids, data.starts, data.step_ms, kinds
             ).segments()
-            self.segments = [(v, lab if lab is not None else np.zeros(len(v), np.int8)) for v, lab in segs]
+            self.segments = [(v, lab if lab is not None else np.zeros(len(v), np.int8)) for _, v, lab in segs]
+            owners = [series for series, _, _ in segs]
         else:
             self.segments = [
                 (data.values[i], labels[i] if labels is not None else np.zeros(self.t, np.int8))
                 for i in range(len(data))
             ]
+            owners = list(data.series_ids)
         room = np.array([len(v) - self.t + 1 for v, _ in self.segments], dtype=np.float64)
-        self.weights = room / room.sum()
+        self.weights = series_weights(owners, room)
         self.blocks = [series_blocks(v) for v, _ in self.segments]
         self.grids = [_grid_contexts(b, v.shape[1]) for b, (v, _) in zip(self.blocks, self.segments, strict=True)]
 
