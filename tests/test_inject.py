@@ -330,24 +330,15 @@ def test_training_draws_from_every_series_alike_whatever_its_length() -> None:
 
 
 def test_the_batch_sampler_weighs_a_short_series_as_much_as_a_long_one(small_data) -> None:
-    from detector.model.train import BatchSampler
-    from detector.windows import WindowSet
+    from detector.model.train import BatchSampler, _subset
     from tests.conftest import tiny_config
 
-    ids = sorted(set(small_data.series_ids))
-    long_ids, short_id = ids[:2], ids[2]
-    keep = [i for i, s in enumerate(small_data.series_ids) if s in long_ids]
-    keep += [i for i, s in enumerate(small_data.series_ids) if s == short_id][:2]
     d = small_data
-    data = WindowSet(
-        d.values[keep],
-        None if d.labels is None else d.labels[keep],
-        [d.series_ids[i] for i in keep],
-        [d.window_ids[i] for i in keep],
-        [d.starts[i] for i in keep],
-        [d.step_ms[i] for i in keep],
-        [d.event_types[i] for i in keep],
-    )
+    ids = sorted(set(d.series_ids))
+    long_ids, short_id = ids[:2], ids[2]
+    keep = [i for i, s in enumerate(d.series_ids) if s in long_ids]
+    keep += [i for i, s in enumerate(d.series_ids) if s == short_id][:2]
+    data = _subset(d, np.array(keep))
     sampler = BatchSampler(data, tiny_config(), inject=True, rng=np.random.default_rng(0))
     room = np.array([len(v) - d.values.shape[1] + 1 for v, _ in sampler.segments])
     assert len(room) == 3  # one contiguous run per series
